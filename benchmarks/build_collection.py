@@ -48,6 +48,20 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def load_collection(cdir: Path, prog: str) -> dict[str, Any] | None:
+    """``<cdir>/collection.json``, or None after printing the one-line error of script ``prog``."""
+    coll = read_json(Path(cdir) / "collection.json")
+    if coll is None:
+        print(f"{prog}: error: {cdir}/collection.json not found: run build_collection.py first.", file=sys.stderr)
+    return coll
+
+
+def mean(xs: list[float | None]) -> float | None:
+    """Mean of the values that are not None (None if there are none)."""
+    vals = [x for x in xs if x is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
 def write_json(path: Path, data: dict[str, Any]) -> None:
     from taskvec.io_utils import atomic_path
 

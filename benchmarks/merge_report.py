@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from build_collection import read_json, write_json
+from build_collection import load_collection, mean, read_json, write_json
 
 ALL_METHODS = ("task_arithmetic", "ties", "dare_ties", "tsv", "breadcrumbs")
 #: lambda grids when --grid is not given: summing methods need small lambdas for 9 vectors,
@@ -67,14 +67,9 @@ def run_method(model: Any, tok: Any, method: str, vectors: list[Any], tasks: lis
             per_task[t.name] = {"accuracy": r.accuracy, "n": r.n, "split": r.split,
                                 "normalized": r.accuracy / ft if ft else None}
     return {"key": key, "lambda": res.best.lam, "search": res.to_dict(), "tasks": per_task,
-            "mean_accuracy": _mean([v["accuracy"] for v in per_task.values()]),
-            "mean_normalized": _mean([v["normalized"] for v in per_task.values()]),
+            "mean_accuracy": mean([v["accuracy"] for v in per_task.values()]),
+            "mean_normalized": mean([v["normalized"] for v in per_task.values()]),
             "seconds": round(time.perf_counter() - t0, 1)}
-
-
-def _mean(xs: list[float | None]) -> float | None:
-    vals = [x for x in xs if x is not None]
-    return sum(vals) / len(vals) if vals else None
 
 
 def _cell(v: float | None, pct: bool = False) -> str:
@@ -93,10 +88,10 @@ def markdown(report: dict[str, Any]) -> str:
     zs = {t: coll[t]["zero_shot_accuracy"] for t in tasks}
     ft = {t: coll[t]["finetuned_accuracy"] for t in tasks}
     zs_norm = {t: (zs[t] / ft[t] if ft[t] else None) for t in tasks}
-    abs_rows.append("| zero-shot base | - | " + " | ".join(_cell(zs[t]) for t in tasks) + f" | {_cell(_mean(list(zs.values())))} |")
-    abs_rows.append("| individual fine-tuned | - | " + " | ".join(_cell(ft[t]) for t in tasks) + f" | {_cell(_mean(list(ft.values())))} |")
+    abs_rows.append("| zero-shot base | - | " + " | ".join(_cell(zs[t]) for t in tasks) + f" | {_cell(mean(list(zs.values())))} |")
+    abs_rows.append("| individual fine-tuned | - | " + " | ".join(_cell(ft[t]) for t in tasks) + f" | {_cell(mean(list(ft.values())))} |")
     norm_rows.append("| zero-shot base | - | " + " | ".join(_cell(zs_norm[t], True) for t in tasks)
-                     + f" | {_cell(_mean(list(zs_norm.values())), True)} |")
+                     + f" | {_cell(mean(list(zs_norm.values())), True)} |")
     for name, m in report["methods"].items():
         lam = f"{m['lambda']:g}"
         abs_rows.append(f"| {name} | {lam} | " + " | ".join(_cell(m["tasks"][t]["accuracy"]) for t in tasks)
@@ -141,9 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     from taskvec.weights.search import parse_grid
 
     cdir = Path(args.collection)
-    coll = read_json(cdir / "collection.json")
+    coll = load_collection(cdir, "merge_report")
     if coll is None:
-        print(f"merge_report: error: {cdir}/collection.json not found: run build_collection.py first.", file=sys.stderr)
         return 2
     out_dir = Path(args.out) if args.out else cdir
     cache = out_dir / "merge_report"

@@ -71,3 +71,29 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 
 def select(items: Sequence[T], indices: Sequence[int]) -> list[T]:
     return [items[i] for i in indices]
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op in a single process)."""
+    _, size = world()
+    if size > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def all_equal(value: Any) -> bool:
+    """True when ``value`` (picklable, small) is the same on every rank."""
+    _, size = world()
+    if size == 1:
+        return True
+    import torch.distributed as dist
+
+    parts: list[Any] = [None] * size
+    dist.all_gather_object(parts, value)
+    return all(p == parts[0] for p in parts)
+
+
+def device_ids(device: torch.device) -> list[int] | None:
+    """``device_ids`` for DistributedDataParallel: the local GPU, or None on CPU."""
+    return [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None

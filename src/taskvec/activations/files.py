@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,27 +28,29 @@ from typing import Any
 import torch
 from torch import nn
 
-from taskvec import __version__
+from taskvec.activations.file_io import (
+    check_fingerprint,
+    check_safetensors_suffix,
+    open_metadata,
+    parse_metadata,
+    read_tensors,
+    write_file,
+)
 from taskvec.activations.hooks import (
     AddHook,
     Intervention,
     Positions,
     ReplaceHook,
     positions_from_str,
-    positions_to_str,
 )
 from taskvec.errors import (
     FileFormatError,
-    FingerprintMismatchError,
-    MissingFileError,
     NonFiniteError,
     ShapeMismatchError,
     UserInputError,
 )
-from taskvec.io_utils import atomic_path
 from taskvec.models.adapter import get_adapter
 from taskvec.registry import Registry
-from taskvec.weights.io import check_format_version
 
 __all__ = [
     "KINDS",
@@ -135,17 +136,7 @@ class ActivationVector:
             raise ShapeMismatchError(
                 f"the {self.kind} is for layer {self.layer} but the model has {ad.n_layers} layers."
             )
-        want = self.metadata.get("model_fingerprint")
-        if want and not force:
-            from taskvec.models.fingerprint import fingerprint
-
-            have = fingerprint(model)
-            if have != want:
-                raise FingerprintMismatchError(
-                    f"this {self.kind} was extracted from {self.metadata.get('model', '?')} "
-                    f"(fingerprint {want}) but the given model has fingerprint {have}: use the "
-                    "matching model, or pass --force."
-                )
+        check_fingerprint(model, self.metadata, f"this {self.kind} was extracted from", force)
 
     def intervention(
         self,
@@ -183,13 +174,17 @@ def _check_scale(scale: float) -> None:
         raise UserInputError(f"the scale must be a finite number, got {scale}.")
 
 
+def _residual_target(model: nn.Module, scale: float, layer: int) -> dict[str, nn.Module]:
+    _check_scale(scale)
+    ad = get_adapter(model)
+    return {ad.layer_name(layer): ad.residual_module(layer)}
+
+
 @INTERVENTIONS.register("function_vector")
 def _fv_intervention(
     av: ActivationVector, model: nn.Module, scale: float, layer: int, positions: Positions
 ) -> Intervention:
-    _check_scale(scale)
-    ad = get_adapter(model)
-    target = {ad.layer_name(layer): ad.residual_module(layer)}
+    target = _residual_target(model, scale, layer)
     return Intervention(model, target, AddHook(av.vector, positions=positions, scale=scale))
 
 
@@ -197,9 +192,7 @@ def _fv_intervention(
 def _residual_intervention(
     av: ActivationVector, model: nn.Module, scale: float, layer: int, positions: Positions
 ) -> Intervention:
-    _check_scale(scale)
-    ad = get_adapter(model)
-    target = {ad.layer_name(layer): ad.residual_module(layer)}
+    target = _residual_target(model, scale, layer)
     if av.metadata.get("mode", "replace") == "add":
         return Intervention(model, target, AddHook(av.vector, positions=positions, scale=scale))
     return Intervention(model, target, ReplaceHook(av.vector * scale, positions=positions))
@@ -210,32 +203,12 @@ def _residual_intervention(
 
 def save_activation(av: ActivationVector, path: str | os.PathLike) -> Path:
     """Write ``av`` atomically as ``.safetensors``."""
-    from safetensors.torch import save_file
-
-    from taskvec.weights.io import encode_metadata
-
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        raise UserInputError(f"activation vectors are saved as .safetensors, got {path.name!r}.")
+    path = check_safetensors_suffix(path, "activation vectors")
     for name, t in av.tensors.items():
         if not torch.isfinite(t).all() and name != "ie_scores":
             raise NonFiniteError(f'the {av.kind} tensor "{name}" has NaN or Inf values; not saved.')
-    meta = dict(av.metadata)
-    if isinstance(meta.get("positions"), Positions):
-        meta["positions"] = positions_to_str(meta["positions"])
-    meta |= {
-        "taskvec_kind": av.kind,
-        "format_version": FORMAT_VERSION,
-        "taskvec_version": __version__,
-        "created": meta.get("created") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    for k in (*_INT_KEYS, *_FLOAT_KEYS):
-        if k in meta and meta[k] is not None:
-            meta[k] = str(meta[k])
-    tensors = {k: v.detach().float().cpu().contiguous() for k, v in av.tensors.items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=encode_metadata(meta))
-    return path
+    fields = {"taskvec_kind": av.kind, "format_version": FORMAT_VERSION}
+    return write_file(path, av.tensors, av.metadata, fields, (*_INT_KEYS, *_FLOAT_KEYS))
 
 
 def load_activation(path: str | os.PathLike, kind: str | None = None) -> ActivationVector:
@@ -244,18 +217,7 @@ def load_activation(path: str | os.PathLike, kind: str | None = None) -> Activat
     Raises ``MissingFileError``, or ``FileFormatError`` for anything that is not a complete
     taskvec activation file (truncated, corrupted, another kind, a weight-space task vector).
     """
-    from safetensors import SafetensorError, safe_open
-
-    from taskvec.weights.io import decode_metadata, read_safetensors_header
-
-    path = Path(path)
-    if not path.exists():
-        raise MissingFileError(f"activation vector file {path} does not exist.")
-    if path.is_dir():
-        raise UserInputError(f"{path} is a directory: pass a .safetensors activation vector file.")
-    header = read_safetensors_header(path)
-    meta = decode_metadata(header.get("__metadata__"))
-    found = meta.pop("taskvec_kind", None)
+    path, meta, found = open_metadata(path, "activation vector")
     if found == "task_vector":
         raise FileFormatError(
             f"{path} is a weight-space task vector: use it with --vector (eval, generate, apply)."
@@ -268,25 +230,8 @@ def load_activation(path: str | os.PathLike, kind: str | None = None) -> Activat
     wanted = (kind,) if isinstance(kind, str) else kind
     if wanted and found not in wanted:
         raise FileFormatError(f"{path} holds a {found}, expected a {' or '.join(wanted)}.")
-    check_format_version(path, meta, FORMAT_VERSION)
-    try:
-        for k in _INT_KEYS:
-            if k in meta:
-                meta[k] = int(meta[k])
-        for k in _FLOAT_KEYS:
-            if k in meta:
-                meta[k] = float(meta[k])
-        if "positions" in meta:
-            positions_from_str(str(meta["positions"]))
-    except (ValueError, TypeError, LookupError):
-        raise FileFormatError(f"{path} has malformed metadata: re-create the file.") from None
-    tensors: dict[str, torch.Tensor] = {}
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as fh:
-            for key in fh.keys():
-                tensors[key] = fh.get_tensor(key)
-    except SafetensorError as exc:
-        raise FileFormatError(f"{path} is corrupted ({exc}): re-create it.") from None
+    parse_metadata(path, meta, FORMAT_VERSION, _INT_KEYS, _FLOAT_KEYS)
+    tensors = read_tensors(path)
     av = ActivationVector(found, tensors, meta)
     if "vector" in tensors:
         if tensors["vector"].dim() != 1:

@@ -17,6 +17,9 @@ Three implementations that give the same scores (up to float rounding), register
   model earlier tokens never see later ones: so the prompt minus its last token runs ONCE with a
   KV cache, and the batch of patched rows runs only the last token on top of a copy of that cache
   (a decode step). Each row then costs one token instead of the whole prompt.
+
+Under ``torchrun`` (:mod:`taskvec.dist`) the prompts are sharded over ranks (``i % world ==
+rank``) and the per-prompt effects are all-reduced, so every rank returns the single-process result.
 """
 
 from __future__ import annotations
@@ -212,16 +215,23 @@ def ie_scores(
         if not (0 <= li < n_layers and 0 <= h < n_heads):
             raise UserInputError(f"head ({li}, {h}) is out of range for {n_layers} x {n_heads} heads.")
     rows: list[Row] = [None, *scan]
-    ids_all = encode(tok, prompts)
-    per_prompt = torch.full((len(prompts), n_layers, n_heads), float("nan"))  # (N, L, H)
-    clean = torch.empty(len(prompts))
+    from taskvec import dist
+
+    # Under torchrun each rank runs the prompts i % world == rank into zero-filled (N, L, H) and
+    # (N,) tensors; the all-reduce sums x + 0 + ... + 0, so every rank gets the single-process
+    # per-prompt effects exactly (and therefore the same mean scores and top heads).
+    mine = dist.shard_indices(len(prompts))
+    ids_mine = encode(tok, [prompts[i] for i in mine]) if mine else []
+    per_prompt = torch.zeros((len(prompts), n_layers, n_heads))  # (N, L, H)
+    clean = torch.zeros(len(prompts))  # (N,)
     start = time.perf_counter()
     was_training = model.training
     model.eval()
     try:
-        with progress_bar(len(prompts) * len(rows), f"indirect effect ({method})", progress, "patch") as upd:
-            for i, (ids, target) in enumerate(zip(ids_all, targets)):
-                probs = runner(model, ad, ids, rows, means, batch_size)[:, target].cpu()  # (R,)
+        with progress_bar(len(mine) * len(rows), f"indirect effect ({method})", progress and dist.is_main(),
+                          "patch") as upd:
+            for i, ids in zip(mine, ids_mine):
+                probs = runner(model, ad, ids, rows, means, batch_size)[:, targets[i]].cpu()  # (R,)
                 clean[i] = probs[0]
                 for (li, h), p in zip(scan, probs[1:]):
                     per_prompt[i, li, h] = p - probs[0]
@@ -229,6 +239,12 @@ def ie_scores(
                     upd(len(rows))
     finally:
         model.train(was_training)
+    per_prompt = dist.all_reduce_sum(per_prompt)
+    clean = dist.all_reduce_sum(clean)
+    scanned = torch.zeros((n_layers, n_heads), dtype=torch.bool)  # (L, H)
+    for li, h in scan:
+        scanned[li, h] = True
+    per_prompt[:, ~scanned] = float("nan")  # heads not scanned
     return IEResult(
         scores=per_prompt.mean(0),
         per_prompt=per_prompt,

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,26 +29,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from taskvec import __version__
+from taskvec.activations import file_io
 from taskvec.activations.hooks import (
     BlendHook,
     Intervention,
     Positions,
     PositionSpec,
     positions_from_str,
-    positions_to_str,
 )
 from taskvec.errors import (
     FileFormatError,
-    FingerprintMismatchError,
-    MissingFileError,
     NonFiniteError,
     ShapeMismatchError,
     UserInputError,
 )
-from taskvec.io_utils import atomic_path
 from taskvec.models.adapter import get_adapter
-from taskvec.weights.io import check_format_version
 
 __all__ = ["KIND", "SoftBlendHook", "SoftTaskVector", "blend_intervention", "load_soft", "save_soft"]
 
@@ -220,17 +214,7 @@ class SoftTaskVector:
                 f"this soft task vector is for (layers, heads, head_dim) = {mine} but the model has "
                 f"{have}: use the model it was trained on."
             )
-        want = self.metadata.get("model_fingerprint")
-        if want and not force:
-            from taskvec.models.fingerprint import fingerprint
-
-            fp = fingerprint(model)
-            if fp != want:
-                raise FingerprintMismatchError(
-                    f"this soft task vector was trained on {self.metadata.get('model', '?')} "
-                    f"(fingerprint {want}) but the given model has fingerprint {fp}: use the "
-                    "matching model, or pass --force."
-                )
+        file_io.check_fingerprint(model, self.metadata, "this soft task vector was trained on", force)
 
     def intervention(self, model: nn.Module, positions: PositionSpec | str | None = None) -> Intervention:
         """An :class:`Intervention` applying the vector to ``model`` (enter it to apply).
@@ -257,34 +241,15 @@ class SoftTaskVector:
 
 def save_soft(sv: SoftTaskVector, path: str | os.PathLike) -> Path:
     """Write ``sv`` atomically as ``.safetensors`` (see the module docstring for the layout)."""
-    from safetensors.torch import save_file
-
-    from taskvec.weights.io import encode_metadata
-
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        raise UserInputError(f"soft task vectors are saved as .safetensors, got {path.name!r}.")
-    meta = dict(sv.metadata)
-    if isinstance(meta.get("positions"), Positions):
-        meta["positions"] = positions_to_str(meta["positions"])
-    meta |= {
+    path = file_io.check_safetensors_suffix(path, "soft task vectors")
+    fields = {
         "taskvec_kind": KIND,
         "format_version": FORMAT_VERSION,
         "n_params": sv.n_params,
         "temperature": sv.temperature,
-        "taskvec_version": __version__,
-        "created": meta.get("created") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    for k in (*_INT_KEYS, *_FLOAT_KEYS):
-        if k in meta and meta[k] is not None:
-            meta[k] = str(meta[k])
-    tensors = {
-        "coefficients": sv.coefficients.detach().float().cpu().contiguous(),  # (L, H)
-        "head_means": sv.head_means.detach().float().cpu().contiguous(),  # (L, H, D)
-    }
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=encode_metadata(meta))
-    return path
+    tensors = {"coefficients": sv.coefficients, "head_means": sv.head_means}  # (L, H), (L, H, D)
+    return file_io.write_file(path, tensors, sv.metadata, fields, (*_INT_KEYS, *_FLOAT_KEYS))
 
 
 def _wrong_kind(path: Path, found: Any) -> FileFormatError:
@@ -308,40 +273,13 @@ def load_soft(path: str | os.PathLike) -> SoftTaskVector:
     Raises ``MissingFileError``, or ``FileFormatError`` for anything that is not a complete soft
     task vector file (truncated, corrupted, another kind, inconsistent shapes or metadata).
     """
-    from safetensors import SafetensorError, safe_open
-
-    from taskvec.weights.io import decode_metadata, read_safetensors_header
-
-    path = Path(path)
-    if not path.exists():
-        raise MissingFileError(f"soft task vector file {path} does not exist.")
-    if path.is_dir():
-        raise UserInputError(f"{path} is a directory: pass a .safetensors soft task vector file.")
-    header = read_safetensors_header(path)
-    meta = decode_metadata(header.get("__metadata__"))
-    found = meta.pop("taskvec_kind", None)
+    path, meta, found = file_io.open_metadata(path, "soft task vector")
     if found != KIND:
         raise _wrong_kind(path, found)
-    check_format_version(path, meta, FORMAT_VERSION)
-    try:
-        for k in _INT_KEYS:
-            if k in meta:
-                meta[k] = int(meta[k])
-        for k in _FLOAT_KEYS:
-            if k in meta:
-                meta[k] = float(meta[k])
-        positions_from_str(str(meta.get("positions", "last")))
-    except (ValueError, TypeError, LookupError):
-        raise FileFormatError(f"{path} has malformed metadata: re-create the file.") from None
+    file_io.parse_metadata(path, meta, FORMAT_VERSION, _INT_KEYS, _FLOAT_KEYS)
     if "recipe" in meta and not isinstance(meta["recipe"], dict):
         raise FileFormatError(f"{path} has a malformed training recipe in its metadata: re-create it.")
-    tensors: dict[str, torch.Tensor] = {}
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as fh:
-            for key in fh.keys():
-                tensors[key] = fh.get_tensor(key)
-    except SafetensorError as exc:
-        raise FileFormatError(f"{path} is corrupted ({exc}): re-create it.") from None
+    tensors = file_io.read_tensors(path)
     missing = {"coefficients", "head_means"} - set(tensors)
     if missing:
         raise FileFormatError(f"{path} has no {', '.join(sorted(missing))} tensor: re-create the file.")

@@ -5,6 +5,10 @@ Pass 1 accumulates per-layer-group Gram matrices (and, for ``random``, ``R^T R``
 but ``random``) reads the vectors again block by block and writes ``S = V @ mix`` (and the PCA
 mean ``V 1 / T``) straight into the output file at each block's offset. Memory stays about
 T x (one row block) + M x (one row block), never T x (model size).
+
+Under ``torchrun`` pass 1 is data-parallel: each rank reads only its share of the tensor names
+and the Gram statistics are all-reduced (:func:`taskvec.basis.gram.gather_stats`). Only rank 0
+fits the basis, runs pass 2 and writes the file; the other ranks write nothing and return None.
 """
 
 from __future__ import annotations
@@ -74,17 +78,21 @@ def build_basis(
     options: dict[str, Any] | None = None,
     chunk_elems: int = DEFAULT_CHUNK_ELEMS,
     progress: bool = False,
-) -> Basis:
+) -> Basis | None:
     """Build a basis of ``m`` vectors (default T // 2) from task vector files (or ``TaskVector``s).
 
     ``method``: ``pca``, ``autoencoder``, ``random``, ``random_sample``; ``per_layer``: one basis
     per decoder layer group; ``options``: method options (autoencoder: tau, steps, lr, refit).
-    Writes ``out`` atomically and returns the loaded ``Basis``.
+    Writes ``out`` atomically and returns the loaded ``Basis``; under ``torchrun`` only rank 0
+    does, the other ranks (which share the Gram pass) write nothing and return None.
     """
+    from taskvec import dist
+
     meth: BasisMethod = get_method(method)
     opts = meth.resolve_options(options)
     paths = tuple(v for v in vectors if isinstance(v, (str, os.PathLike)))
-    out = check_writable(out, paths)
+    main = dist.is_main()
+    out = check_writable(out, paths) if main else Path(out)
     if out.suffix != ".safetensors":
         raise UserInputError(f"the basis file must end in .safetensors, got {out.name}.")
     with VectorSet(vectors) as vs:
@@ -96,6 +104,8 @@ def build_basis(
             raise UserInputError("the task vectors hold no tensors.")
         layer_stats = gather_stats(vs, random_m=M if meth.random_projection else 0, seed=seed,
                                    chunk_elems=chunk_elems, progress=progress)
+        if not main:  # rank 0 alone fits, runs pass 2 and writes the file
+            return None
         groups = sort_groups([group_key(n, per_layer) for n in vs.names])
         gstats = {g: merge_stats([s for lk, s in layer_stats.items() if (lk if per_layer else "all") == g])
                   for g in groups}

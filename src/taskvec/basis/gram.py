@@ -94,12 +94,12 @@ class VectorSet:
     """T task vectors (files read lazily, or in-memory ``TaskVector``s) over one name set."""
 
     def __init__(self, items: Sequence[VectorLike]) -> None:
-        from taskvec.weights.stream import _vector_source
+        from taskvec.weights.stream import vector_source
 
         if not items:
             raise UserInputError("no task vectors given.")
         self.items = list(items)
-        self.sources = [_vector_source(x) for x in self.items]
+        self.sources = [vector_source(x) for x in self.items]
         self.paths: list[Path | None] = [
             None if isinstance(x, TaskVector) else Path(x) for x in self.items
         ]
@@ -217,21 +217,31 @@ def gather_stats(
     chunk_elems: int = DEFAULT_CHUNK_ELEMS,
     progress: bool = False,
 ) -> dict[str, GroupStats]:
-    """Per layer group: the Gram ``V^T V`` and, with ``random_m``, ``R^T R`` and ``R^T V``."""
+    """Per layer group: the Gram ``V^T V`` and, with ``random_m``, ``R^T R`` and ``R^T V``.
+
+    Under ``torchrun`` (:mod:`taskvec.dist`) the tensor names are sharded over ranks
+    (``i % world == rank`` in ``vs.names`` order): each rank reads only its tensors, and the
+    float64 statistics are all-reduced, so every rank returns the same (up to summation order)
+    statistics as a single process.
+    """
+    from taskvec import dist
     from taskvec.basis.random_orth import random_rows
 
     T = vs.T
     out: dict[str, GroupStats] = {}
-    bar = progress_bar(len(vs.names), "gram", progress)
-    for name in vs.names:
+    for name in vs.names:  # every group exists on every rank, so the all-reduce shapes agree
         key = layer_key(name)
-        st = out.get(key)
-        if st is None:
-            st = out[key] = GroupStats(
+        if key not in out:
+            out[key] = GroupStats(
                 gram=torch.zeros(T, T, dtype=torch.float64),
                 rr=torch.zeros(random_m, random_m, dtype=torch.float64) if random_m else None,
                 rx=torch.zeros(random_m, T, dtype=torch.float64) if random_m else None,
             )
+    mine = dist.shard_indices(len(vs.names))
+    bar = progress_bar(len(mine), "gram", progress and dist.is_main())
+    for i in mine:
+        name = vs.names[i]
+        st = out[layer_key(name)]
         for b in vs.blocks(name, chunk_elems):
             st.gram += b.X.T @ b.X
             if random_m:
@@ -243,7 +253,22 @@ def gather_stats(
             del b
         bar.update(1)
     bar.close()
-    return {k: out[k] for k in sort_groups(list(out))}
+    keys = sort_groups(list(out))
+    if dist.world()[1] > 1:
+        _all_reduce_stats([out[k] for k in keys])
+    return {k: out[k] for k in keys}
+
+
+def _all_reduce_stats(stats: Sequence[GroupStats]) -> None:
+    """Sum the statistics over ranks in place, with one all-reduce of a flat float64 buffer."""
+    from taskvec import dist
+
+    parts = [t for s in stats for t in (s.gram, s.rr, s.rx) if t is not None]
+    flat = dist.all_reduce_sum(torch.cat([t.reshape(-1) for t in parts]))  # float64
+    offset = 0
+    for t in parts:
+        t.copy_(flat[offset : offset + t.numel()].view_as(t))
+        offset += t.numel()
 
 
 def merge_stats(stats: Sequence[GroupStats]) -> GroupStats:

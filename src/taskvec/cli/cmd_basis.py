@@ -32,7 +32,8 @@ def register(sub: Any) -> None:
     b.add_argument("vectors", nargs="+", help="task vector files (.safetensors from `taskvec extract`)")
     b.add_argument("--out", required=True, help="output basis file (.safetensors)")
     b.add_argument("--method", default="pca", help=f"basis method: {', '.join(_METHODS)} (default pca)")
-    b.add_argument("--m", type=int, default=None, help="number of basis vectors (default T // 2)")
+    b.add_argument("--m", "--n-basis", dest="m", type=int, default=None,
+                   help="number of basis vectors (default T // 2); under torchrun write --n-basis")
     b.add_argument("--per-layer", action="store_true", help="one basis per decoder layer (and one for the rest)")
     b.add_argument("--seed", type=int, default=0, help="seed (autoencoder init, random basis, random_sample choice)")
     b.add_argument("--tau", type=float, default=None, help="autoencoder: softmax temperature (default 5.0)")
@@ -96,6 +97,8 @@ def run_build(args: argparse.Namespace) -> int:
     with _warnings_to_stderr():
         basis = build_basis(args.vectors, args.out, method=args.method, m=args.m, per_layer=args.per_layer,
                             seed=args.seed, options=opts or None, chunk_elems=chunk, progress=show_progress(args))
+        if basis is None:  # under torchrun: a rank other than 0 (it shared the Gram pass, rank 0 writes)
+            return 0
         inf = basis.info()
     if args.json:
         print_json({"out": str(basis.path)} | inf)

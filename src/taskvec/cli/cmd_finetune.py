@@ -21,7 +21,8 @@ def register(sub: Any) -> None:
         sub, "finetune", "fine-tune a model on a task with LoRA (or fully) and save the adapter",
         description="Fine-tune a model on a task's train split (loss on the answer tokens only). "
         "Writes OUT/adapter/ (a PEFT adapter; OUT/model/ with --full), OUT/recipe.json and "
-        "OUT/train_log.jsonl; checkpoints go to OUT/checkpoints/ while training.",
+        "OUT/train_log.jsonl; checkpoints go to OUT/checkpoints/ while training. Data-parallel under "
+        "`torchrun` or `accelerate launch` (DDP; --batch-size is the global batch).",
     )
     add_model(p)
     p.add_argument("--task", required=True, help="task name (see `taskvec tasks`) or a task .yaml file")
@@ -43,6 +44,8 @@ def register(sub: Any) -> None:
     p.add_argument("--checkpoint-every", type=int, default=50, help="checkpoint interval in steps (0: never)")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep OUT/checkpoints/ after training")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--fsdp", action="store_true",
+                   help="shard the model across the torchrun / accelerate processes (FSDP2, LoRA only)")
     p.add_argument("--eval-limit", type=int, default=0,
                    help="afterwards evaluate on the first N eval-split examples (default 0: skip)")
     p.add_argument("--eval-batch-size", type=int, default=16)
@@ -68,6 +71,9 @@ def run(args: argparse.Namespace) -> int:
                         args.max_length, args.checkpoint_every, args.warmup_steps)
     if args.eval_limit < 0:
         raise UserInputError(f"--eval-limit must be >= 0, got {args.eval_limit}.")
+    if args.fsdp and args.eval_limit:
+        raise UserInputError("--eval-limit cannot be used with --fsdp (the model stays sharded); "
+                             "evaluate the saved adapter afterwards with `taskvec extract` + `taskvec eval --vector`.")
     if args.eval_batch_size <= 0:
         raise UserInputError(f"--eval-batch-size must be positive, got {args.eval_batch_size}.")
     targets = parse_targets(args.targets)
@@ -85,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed, max_length=args.max_length, checkpoint_every=args.checkpoint_every,
         resume=args.resume, progress=show_progress(args), split=split,
         warmup_steps=args.warmup_steps, schedule=args.schedule, keep_checkpoints=args.keep_checkpoints,
+        fsdp=args.fsdp,
     )
     saved = res.model_dir if args.full else res.adapter_dir
     accuracy = None
@@ -97,6 +104,10 @@ def run(args: argparse.Namespace) -> int:
         ev = evaluate(net, tok, task, split=task.eval_split, limit=args.eval_limit,
                       batch_size=args.eval_batch_size, progress=show_progress(args))
         accuracy, eval_out = ev.accuracy, ev.to_dict()
+    from taskvec import dist
+
+    if not dist.is_main():  # under torchrun / accelerate launch only rank 0 prints
+        return 0
     if args.json:
         print_json({
             "out_dir": str(res.out_dir), "saved": str(saved), "steps": args.steps,

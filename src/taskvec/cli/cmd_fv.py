@@ -15,39 +15,36 @@ from pathlib import Path
 from typing import Any
 
 from taskvec.cli.common import (
-    add_json,
     add_model,
-    add_progress,
+    add_run_options,
+    add_task_out,
+    check_plot,
+    check_positive,
+    check_safetensors_out,
+    group_help,
     new_command,
     print_json,
     print_table,
     show_progress,
+    write_head_heatmap,
 )
 from taskvec.errors import UserInputError
 
 
-def _help(p: argparse.ArgumentParser):
-    def run(_: argparse.Namespace) -> int:
-        p.print_help()
-        return 2
-
-    return run
+def _add_icl(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--shots", type=int, default=10, help="demonstrations per ICL prompt (default 10)")
+    p.add_argument("--n-prompts", type=int, default=100, help="ICL prompts averaged (default 100)")
 
 
 def _common_extract(p: argparse.ArgumentParser) -> None:
     add_model(p)
-    p.add_argument("--task", required=True, help="task name (see `taskvec tasks`), e.g. antonym")
-    p.add_argument("--out", required=True, help="output .safetensors file")
-    p.add_argument("--shots", type=int, default=10, help="demonstrations per ICL prompt (default 10)")
-    p.add_argument("--n-prompts", type=int, default=100, help="ICL prompts averaged (default 100)")
+    add_task_out(p)
+    _add_icl(p)
     p.add_argument("--layer", default="auto", help="layer to inject at, or auto (sweep on validation)")
     p.add_argument("--sweep-limit", type=int, default=None,
                    help="validation examples per sweep point (default: the whole split)")
     p.add_argument("--plot-layers", default=None, help="write validation accuracy vs layer (PNG)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=16)
-    add_progress(p)
-    add_json(p)
+    add_run_options(p)
 
 
 def _add_eval(sub: Any, what: str) -> None:
@@ -60,17 +57,13 @@ def _add_eval(sub: Any, what: str) -> None:
     p.add_argument("--shots", type=int, default=10, help="k for the ICL rows (0: zero-shot + vectors only)")
     p.add_argument("--scale", type=float, default=None, help="override the vectors' scale")
     p.add_argument("--layer", type=int, default=None, help="override the vectors' layer")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--force", action="store_true", help="use a vector made on another model")
-    add_progress(p)
-    add_json(p)
+    add_run_options(p, force_help="use a vector made on another model")
     p.set_defaults(func=run_eval)
 
 
 def register(sub: Any) -> None:
     fv = new_command(sub, "fv", "function vectors (Todd et al.): extract, evaluate")
-    fv.set_defaults(func=_help(fv))
+    fv.set_defaults(func=group_help(fv))
     fsub = fv.add_subparsers(dest="fv_command", metavar="ACTION")
     p = new_command(fsub, "extract", "extract a function vector (head means, IE scan, layer sweep)")
     _common_extract(p)
@@ -87,19 +80,14 @@ def register(sub: Any) -> None:
     _add_eval(fsub, "a function vector")
     p = new_command(fsub, "means", "per-head mean activations only (data-parallel under torchrun)")
     add_model(p)
-    p.add_argument("--task", required=True, help="task name, e.g. antonym")
-    p.add_argument("--out", required=True, help="output .safetensors file (kind head_means)")
-    p.add_argument("--shots", type=int, default=10, help="demonstrations per ICL prompt (default 10)")
-    p.add_argument("--n-prompts", type=int, default=100, help="ICL prompts averaged (default 100)")
+    add_task_out(p, "task name, e.g. antonym", "output .safetensors file (kind head_means)")
+    _add_icl(p)
     p.add_argument("--correct-only", action="store_true", help="average only prompts answered correctly")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=16)
-    add_progress(p)
-    add_json(p)
+    add_run_options(p)
     p.set_defaults(func=run_fv_means)
 
     res = new_command(sub, "residual", "ICL task vectors in the residual stream (Hendel et al.)")
-    res.set_defaults(func=_help(res))
+    res.set_defaults(func=group_help(res))
     rsub = res.add_subparsers(dest="residual_command", metavar="ACTION")
     p = new_command(rsub, "extract", "extract a residual-stream ICL task vector (layer sweep)")
     _common_extract(p)
@@ -112,28 +100,18 @@ def register(sub: Any) -> None:
 
 
 def _check_common(args: argparse.Namespace) -> tuple[Any, Path]:
-    from taskvec.io_utils import check_writable
+    from taskvec import dist
     from taskvec.models.loading import check_dtype_device
     from taskvec.tasks import get_task
 
     task = get_task(args.task)
-    for flag, v in (("--shots", args.shots), ("--n-prompts", args.n_prompts),
-                    ("--batch-size", args.batch_size)):
-        if v <= 0:
-            raise UserInputError(f"{flag} must be positive, got {v}.")
+    check_positive(("--shots", args.shots), ("--n-prompts", args.n_prompts), ("--batch-size", args.batch_size))
     if args.sweep_limit is not None and args.sweep_limit <= 0:
         raise UserInputError(f"--sweep-limit must be positive, got {args.sweep_limit}.")
-    out = check_writable(args.out)
-    if out.suffix != ".safetensors":
-        raise UserInputError(f"--out must end in .safetensors, got {out.name!r}.")
-    for plot, suffixes in (("plot_layers", (".png",)), ("plot_ie", (".png", ".html"))):
-        path = getattr(args, plot, None)
-        if path:
-            check_writable(path)
-            if Path(path).suffix not in suffixes:
-                raise UserInputError(
-                    f"--{plot.replace('_', '-')} must end in {' or '.join(suffixes)}, got {path!r}."
-                )
+    main = dist.is_main()  # under torchrun only rank 0 writes, so only its paths are checked
+    out = check_safetensors_out(args.out, writable=main)
+    check_plot("--plot-layers", getattr(args, "plot_layers", None), (".png",), writable=main)
+    check_plot("--plot-ie", getattr(args, "plot_ie", None), writable=main)
     if args.layer != "auto":
         try:
             args.layer = int(args.layer)
@@ -199,17 +177,12 @@ def run_fv_means(args: argparse.Namespace) -> int:
     from taskvec import dist
     from taskvec.activations.files import ActivationVector
     from taskvec.activations.heads import head_means
-    from taskvec.io_utils import check_writable
     from taskvec.models import fingerprint, load_model
     from taskvec.tasks import get_task
 
     task = get_task(args.task)
-    for flag, v in (("--shots", args.shots), ("--n-prompts", args.n_prompts), ("--batch-size", args.batch_size)):
-        if v <= 0:
-            raise UserInputError(f"{flag} must be positive, got {v}.")
-    out = check_writable(args.out)
-    if out.suffix != ".safetensors":
-        raise UserInputError(f"--out must end in .safetensors, got {out.name!r}.")
+    check_positive(("--shots", args.shots), ("--n-prompts", args.n_prompts), ("--batch-size", args.batch_size))
+    out = check_safetensors_out(args.out, writable=dist.is_main())
     model, tok = load_model(args.model, dtype=args.dtype, device=args.device)
     hm = head_means(model, tok, task, n_prompts=args.n_prompts, shots=args.shots, seed=args.seed,
                     batch_size=args.batch_size, correct_only=args.correct_only, progress=show_progress(args))
@@ -230,16 +203,15 @@ def run_fv_means(args: argparse.Namespace) -> int:
 
 
 def run_fv_extract(args: argparse.Namespace) -> int:
+    """Under torchrun head means, the IE scan and the sweeps are split over ranks; rank 0 writes."""
+    from taskvec import dist
     from taskvec.activations.function_vectors import extract_function_vector, parse_heads
     from taskvec.activations.hooks import positions_from_str
     from taskvec.activations.indirect_effect import IE_METHODS
 
     task, out = _check_common(args)
     IE_METHODS.get(args.ie_method)
-    for flag, v in (("--top-k", args.top_k), ("--ie-prompts", args.ie_prompts),
-                    ("--ie-batch-size", args.ie_batch_size)):
-        if v <= 0:
-            raise UserInputError(f"{flag} must be positive, got {v}.")
+    check_positive(("--top-k", args.top_k), ("--ie-prompts", args.ie_prompts), ("--ie-batch-size", args.ie_batch_size))
     heads = parse_heads(args.heads) if args.heads else None
     if heads and args.plot_ie:
         raise UserInputError("--plot-ie needs the IE scan: drop --heads.")
@@ -261,6 +233,8 @@ def run_fv_extract(args: argparse.Namespace) -> int:
         correct_only=args.correct_only, seed=args.seed, batch_size=args.batch_size,
         ie_batch_size=args.ie_batch_size, progress=show_progress(args),
     )
+    if not dist.is_main():
+        return 0
     av.metadata["model"] = str(args.model)
     av.save(out)
     plots: dict[str, str] = {}
@@ -273,24 +247,12 @@ def run_fv_extract(args: argparse.Namespace) -> int:
 
 def _plot_ie(av: Any, path: str) -> str:
     scores = av.tensors["ie_scores"].numpy()  # (L, H)
-    n_layers, n_heads = scores.shape
-    ylabels, xlabels = [str(i) for i in range(n_layers)], [str(h) for h in range(n_heads)]
     title = f"{av.task}: indirect effect per head ({av.metadata['extra']['ie']['n_prompts']} prompts)"
-    if Path(path).suffix == ".html":
-        from taskvec.eval.report import heatmap_html
-        from taskvec.io_utils import atomic_path
-
-        with atomic_path(path) as tmp:
-            tmp.write_text(heatmap_html(scores, ylabels, xlabels, title, "layer", "head"))
-        return path
-    from taskvec.eval.report import heatmap_png
-
-    heatmap_png(scores, ylabels, xlabels, Path(path), title=title, ylabel="layer", xlabel="head",
-                cbar="P(answer) gain")
-    return path
+    return write_head_heatmap(scores, path, title, cbar="P(answer) gain")
 
 
 def run_residual_extract(args: argparse.Namespace) -> int:
+    from taskvec import dist
     from taskvec.activations.residual import MODES, extract_residual_vector
 
     task, out = _check_common(args)
@@ -307,6 +269,8 @@ def run_residual_extract(args: argparse.Namespace) -> int:
         mode=args.mode, sweep_limit=args.sweep_limit, seed=args.seed, batch_size=args.batch_size,
         progress=show_progress(args),
     )
+    if not dist.is_main():  # under torchrun only rank 0 writes and prints
+        return 0
     av.metadata["model"] = str(args.model)
     av.save(out)
     plots: dict[str, str] = {}
@@ -339,6 +303,10 @@ def run_eval(args: argparse.Namespace) -> int:
         seed=args.seed, batch_size=args.batch_size, scale=args.scale, layer=args.layer,
         progress=show_progress(args), force=args.force,
     )
+    from taskvec import dist
+
+    if not dist.is_main():  # under torchrun only rank 0 prints
+        return 0
     if args.json:
         print_json({"task": task.name, "model": str(args.model), "split": args.split,
                     "vectors": [str(v) for v in args.vector], "rows": rows})

@@ -17,20 +17,18 @@ from taskvec.cli.common import (
     add_json,
     add_model,
     add_progress,
+    add_run_options,
+    add_task_out,
+    check_plot,
+    check_safetensors_out,
+    group_help,
     new_command,
     print_json,
     print_table,
     show_progress,
+    write_head_heatmap,
 )
 from taskvec.errors import UserInputError
-
-
-def _help(p: argparse.ArgumentParser):
-    def run(_: argparse.Namespace) -> int:
-        p.print_help()
-        return 2
-
-    return run
 
 
 def _eval_opts(p: argparse.ArgumentParser, shots: str) -> None:
@@ -39,22 +37,17 @@ def _eval_opts(p: argparse.ArgumentParser, shots: str) -> None:
                    "of tasks without one)")
     p.add_argument("--limit", type=int, default=None, help="only the first N examples")
     p.add_argument("--shots", default=shots, help=f"k for the ICL rows, comma-separated (default {shots or 'none'})")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--force", action="store_true", help="use vectors made on another model")
-    add_progress(p)
-    add_json(p)
+    add_run_options(p, force_help="use vectors made on another model")
 
 
 def register(sub: Any) -> None:
     soft = new_command(sub, "soft", "soft task vectors: trained per-head blends with task means")
-    soft.set_defaults(func=_help(soft))
+    soft.set_defaults(func=group_help(soft))
     ssub = soft.add_subparsers(dest="soft_command", metavar="ACTION")
 
     p = new_command(ssub, "train", "train a soft task vector (head means + L x H coefficients)")
     add_model(p)
-    p.add_argument("--task", required=True, help="task name (see `taskvec tasks`), e.g. antonym")
-    p.add_argument("--out", required=True, help="output .safetensors file")
+    add_task_out(p)
     p.add_argument("--steps", type=int, default=200, help="optimizer steps (default 200)")
     p.add_argument("--lr", type=float, default=0.05, help="Adam learning rate (default 0.05)")
     p.add_argument("--batch-size", type=int, default=16, help="zero-shot prompts per step (default 16)")
@@ -99,16 +92,6 @@ def register(sub: Any) -> None:
 
 
 # ---------------------------------------------------------------------------- helpers
-
-
-def _check_plot(path: str | None) -> None:
-    if not path:
-        return
-    from taskvec.io_utils import check_writable
-
-    check_writable(path)
-    if Path(path).suffix not in (".png", ".html"):
-        raise UserInputError(f"--plot must end in .png or .html, got {path!r}.")
 
 
 def _check_eval_args(args: argparse.Namespace, task: Any) -> list[int]:
@@ -170,22 +153,8 @@ def _print_summary(info: dict[str, Any], sv: Any) -> None:
 
 
 def _plot(sv: Any, path: str) -> str:
-    alpha = sv.alpha.numpy()  # (L, H)
-    ylabels = [str(i) for i in range(sv.n_layers)]
-    xlabels = [str(h) for h in range(sv.n_heads)]
     title = f"{sv.task}: soft task vector alpha = sigmoid(t / T) per head"
-    if Path(path).suffix == ".html":
-        from taskvec.eval.report import heatmap_html
-        from taskvec.io_utils import atomic_path
-
-        with atomic_path(path) as tmp:
-            tmp.write_text(heatmap_html(alpha, ylabels, xlabels, title, "layer", "head"))
-        return path
-    from taskvec.eval.report import heatmap_png
-
-    heatmap_png(alpha, ylabels, xlabels, Path(path), title=title, ylabel="layer", xlabel="head",
-                cbar="alpha")
-    return path
+    return write_head_heatmap(sv.alpha.numpy(), path, title, cbar="alpha")  # (L, H)
 
 
 # ---------------------------------------------------------------------------- commands
@@ -193,7 +162,6 @@ def _plot(sv: Any, path: str) -> str:
 
 def run_train(args: argparse.Namespace) -> int:
     from taskvec.activations.soft import SoftConfig
-    from taskvec.io_utils import check_writable
     from taskvec.models.loading import check_dtype_device
     from taskvec.tasks import get_task
 
@@ -205,9 +173,7 @@ def run_train(args: argparse.Namespace) -> int:
         positions=args.positions, val_limit=args.val_limit, eval_batch_size=args.eval_batch_size,
         seed=args.seed,
     ).check()
-    out = check_writable(args.out)
-    if out.suffix != ".safetensors":
-        raise UserInputError(f"--out must end in .safetensors, got {out.name!r}.")
+    out = check_safetensors_out(args.out)
     check_dtype_device(args.dtype, args.device)
     from taskvec.activations.soft import TaskVectorExtractor
     from taskvec.models import load_model
@@ -256,7 +222,7 @@ def run_show(args: argparse.Namespace) -> int:
 
     if args.top < 0:
         raise UserInputError(f"--top must be >= 0, got {args.top}.")
-    _check_plot(args.plot)
+    check_plot("--plot", args.plot)
     path = Path(args.file)
     sv = load_soft(path)
     info = _summary(sv, path, args.top)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
+from taskvec.errors import UserInputError
 from taskvec.models.loading import DEFAULT_MODEL
 
 
@@ -27,6 +29,26 @@ def add_model(p: argparse.ArgumentParser, flag: str = "--model", required: bool 
 
 def add_progress(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def add_task_out(
+    p: argparse.ArgumentParser,
+    task_help: str = "task name (see `taskvec tasks`), e.g. antonym",
+    out_help: str = "output .safetensors file",
+) -> None:
+    """The required --task and --out of commands that write a vector file."""
+    p.add_argument("--task", required=True, help=task_help)
+    p.add_argument("--out", required=True, help=out_help)
+
+
+def add_run_options(p: argparse.ArgumentParser, force_help: str | None = None) -> None:
+    """--seed, --batch-size, --force (with ``force_help``), --no-progress and --json."""
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=16)
+    if force_help:
+        p.add_argument("--force", action="store_true", help=force_help)
+    add_progress(p)
+    add_json(p)
 
 
 def show_progress(args: argparse.Namespace) -> bool:
@@ -61,3 +83,61 @@ def new_command(sub: Any, name: str, help: str, description: str | None = None) 
     p = sub.add_parser(name, help=help, description=description or help)
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
     return p
+
+
+def group_help(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    """The ``func`` of a command group run without an action: print its help, exit 2."""
+
+    def run(_: argparse.Namespace) -> int:
+        p.print_help()
+        return 2
+
+    return run
+
+
+def check_positive(*flags: tuple[str, int]) -> None:
+    """``UserInputError`` for the first ``(flag, value)`` whose value is not positive."""
+    for flag, v in flags:
+        if v <= 0:
+            raise UserInputError(f"{flag} must be positive, got {v}.")
+
+
+def check_safetensors_out(out: str, writable: bool = True) -> Path:
+    """Validate --out before any work: a ``.safetensors`` file, writable (unless not ``writable``)."""
+    from taskvec.io_utils import check_writable
+
+    path = check_writable(out) if writable else Path(out)
+    if path.suffix != ".safetensors":
+        raise UserInputError(f"--out must end in .safetensors, got {path.name!r}.")
+    return path
+
+
+def check_plot(
+    flag: str, path: str | None, suffixes: tuple[str, ...] = (".png", ".html"), writable: bool = True
+) -> None:
+    """Validate a plot path (when given) before any work: one of ``suffixes``, writable (if ``writable``)."""
+    if not path:
+        return
+    from taskvec.io_utils import check_writable
+
+    if writable:
+        check_writable(path)
+    if Path(path).suffix not in suffixes:
+        raise UserInputError(f"{flag} must end in {' or '.join(suffixes)}, got {path!r}.")
+
+
+def write_head_heatmap(values: Any, path: str, title: str, cbar: str) -> str:
+    """Write a layer x head heatmap of ``values`` (L, H) as ``.html`` or PNG; returns ``path``."""
+    ylabels = [str(i) for i in range(values.shape[0])]
+    xlabels = [str(h) for h in range(values.shape[1])]
+    if Path(path).suffix == ".html":
+        from taskvec.eval.report import heatmap_html
+        from taskvec.io_utils import atomic_path
+
+        with atomic_path(path) as tmp:
+            tmp.write_text(heatmap_html(values, ylabels, xlabels, title, "layer", "head"))
+        return path
+    from taskvec.eval.report import heatmap_png
+
+    heatmap_png(values, ylabels, xlabels, Path(path), title=title, ylabel="layer", xlabel="head", cbar=cbar)
+    return path

@@ -29,21 +29,6 @@ DIGEST_CHARS = 16
 _HEAD_SUFFIXES = ("lm_head.weight", "embed_out.weight")
 _EMBED_SUFFIXES = ("embed_tokens.weight", "wte.weight", "embed_in.weight", "word_embeddings.weight")
 
-_ST_DTYPES = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-    "F8_E4M3": getattr(torch, "float8_e4m3fn", torch.uint8),
-    "F8_E5M2": getattr(torch, "float8_e5m2", torch.uint8),
-}
-
 # name -> (shape, dtype, fetch(flat_indices) -> values)
 _Entry = tuple[tuple[int, ...], torch.dtype, Callable[[list[int]], torch.Tensor]]
 
@@ -93,6 +78,8 @@ def _safetensors_files(path: Path) -> list[Path]:
 def _dir_entries(path: Path, stack: Any) -> Iterator[tuple[str, _Entry]]:
     from safetensors import safe_open
 
+    from taskvec.weights.safetensors_stream import DTYPE_FROM_ST
+
     for file in _safetensors_files(path):
         try:
             f = stack.enter_context(safe_open(str(file), framework="pt"))
@@ -101,7 +88,7 @@ def _dir_entries(path: Path, stack: Any) -> Iterator[tuple[str, _Entry]]:
         for name in f.keys():
             sl = f.get_slice(name)
             shape = tuple(int(s) for s in sl.get_shape())
-            dtype = _ST_DTYPES.get(sl.get_dtype())
+            dtype = DTYPE_FROM_ST.get(sl.get_dtype())
             if dtype is None:
                 raise FileFormatError(
                     f"tensor {name!r} in {file} has unsupported dtype {sl.get_dtype()}."

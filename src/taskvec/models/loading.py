@@ -111,10 +111,17 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``"auto"``/None -> cuda when available, else cpu."""
+    """``"auto"``/None -> cuda when available, else cpu.
+
+    Under ``torchrun`` with several processes a bare ``cuda`` means this process's GPU,
+    ``cuda:$LOCAL_RANK`` (so 8 ranks on an 8-GPU machine do not all load onto GPU 0).
+    """
     if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return dev
 
 
 def is_installed(entry: EmbeddedModel) -> bool:

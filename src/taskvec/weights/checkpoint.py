@@ -87,16 +87,19 @@ def save_checkpoint(
     root: str | os.PathLike,
     step: int,
     weights: dict[str, torch.Tensor],
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | dict[str, Any],
     state: dict[str, Any],
     keep: int = 2,
 ) -> Path:
-    """Write ``root/step-<step>/`` atomically and keep only the newest ``keep`` checkpoints."""
+    """Write ``root/step-<step>/`` atomically and keep only the newest ``keep`` checkpoints.
+
+    ``optimizer`` is an optimizer or its ``state_dict()`` (index-keyed, as torch makes it).
+    """
     from safetensors.torch import save_file
 
     root = Path(root)
     final = root / f"step-{step}"
-    opt_sd = optimizer.state_dict()
+    opt_sd = optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
     opt_tensors, opt_scalars = _split_optimizer_state(opt_sd)
     meta = {
         "format": CHECKPOINT_FORMAT,

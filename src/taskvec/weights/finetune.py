@@ -16,6 +16,15 @@ The caller's model is wrapped in place by PEFT (LoRA modules are injected into i
 returned :class:`FinetuneResult` holds the ``PeftModel`` for evaluation; call
 ``result.unload()`` to remove the LoRA modules without merging and get the untouched base
 model back. With ``full=True`` a deep copy is trained and the caller's model is not touched.
+
+Data parallelism: under ``torchrun`` or ``accelerate launch`` (``WORLD_SIZE > 1``) every rank
+builds the same global batch of ``batch_size`` examples and takes the rows ``rank::world`` of
+it; the model is wrapped in torch's ``DistributedDataParallel`` (gloo on CPU, nccl on GPUs),
+and each rank's summed answer loss is divided by the token count of the *global* batch, so
+the averaged gradients equal a single-process run's (up to float summation order) and the
+data order, schedule and checkpoints do not depend on the number of processes: a run can be
+resumed with another world size. Only rank 0 writes files (log, checkpoints, adapter); resuming
+needs ``out_dir`` on a filesystem every rank can read.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import platform
 import shutil
 import sys
@@ -35,6 +45,7 @@ from typing import Any
 
 import torch
 
+from taskvec import dist
 from taskvec.errors import FingerprintMismatchError, NonFiniteError, UserInputError
 from taskvec.eval.batching import pad_id
 from taskvec.io_utils import atomic_dir, atomic_path
@@ -221,6 +232,7 @@ class FinetuneResult:
     recipe: dict[str, Any]
     model: Any = field(default=None, repr=False)
     _restore: dict[str, Any] = field(default_factory=dict, repr=False)
+    sharded: bool = False
 
     @property
     def full(self) -> bool:
@@ -230,6 +242,8 @@ class FinetuneResult:
         """Remove the LoRA modules (no merge) and return the caller's base model as it was."""
         if self.full:
             return self.model
+        if self.sharded:
+            raise UserInputError("an FSDP-trained model stays sharded; load the saved adapter instead.")
         base = self.model.unload()
         _restore_base(base, self._restore)
         return base
@@ -325,6 +339,7 @@ def finetune(
     max_grad_norm: float | None = 1.0,
     keep_checkpoints: bool = False,
     callback: StepCallback | None = None,
+    fsdp: bool = False,
 ) -> FinetuneResult:
     """Fine-tune ``model`` on ``task``'s train split; write ``out_dir/adapter`` (or ``model``).
 
@@ -334,7 +349,9 @@ def finetune(
     ``out_dir/checkpoints/`` (the newest 2 kept; removed at the end unless
     ``keep_checkpoints``); ``resume=True`` continues from the newest one. ``callback(step,
     loss)`` runs after each step (and its checkpoint). See the module docstring for
-    determinism and for what happens to ``model``.
+    determinism and for what happens to ``model``. ``fsdp=True`` (LoRA, several processes)
+    shards the model with FSDP2 (:mod:`taskvec.weights.finetune_fsdp`); the model stays
+    sharded afterwards and ``result.unload()`` is not available.
     """
     from tqdm.auto import tqdm
 
@@ -350,6 +367,17 @@ def finetune(
         raise UserInputError(f'unknown schedule "{schedule}": use one of {", ".join(SCHEDULES)}.')
     if not examples:
         raise UserInputError(f"task {task.name} split {split} has no examples to train on.")
+    rank, world_size = dist.world()
+    if fsdp and world_size == 1:
+        raise UserInputError("--fsdp needs several processes: launch with `torchrun --nproc_per_node N` "
+                             "or `accelerate launch`, or drop --fsdp.")
+    if fsdp and full:
+        raise UserInputError("--fsdp is implemented for LoRA fine-tuning; drop --full (or --fsdp).")
+    if batch_size < world_size:
+        raise UserInputError(
+            f"--batch-size {batch_size} is smaller than the {world_size} processes; "
+            f"use --batch-size >= {world_size} (it is the global batch, split across processes)."
+        )
     if full:
         found, suffixes, conv1d = [], [], False
     else:
@@ -369,7 +397,14 @@ def finetune(
         _check_resume(ckpt.state, config, ckpt.path)
         if ckpt.step > steps:
             raise UserInputError(f"checkpoint {ckpt.path} is past --steps {steps}; pass --steps >= {ckpt.step}.")
-    out.mkdir(parents=True, exist_ok=True)
+    if not dist.all_equal(ckpt.step if ckpt else 0):
+        raise UserInputError(
+            f"the processes found different checkpoints in {out}; put --out on a filesystem every "
+            "process can read (resuming needs rank 0's checkpoints on every rank)."
+        )
+    dist.barrier()  # every rank has checked --out before rank 0 writes into it
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
 
     restore = {"training": model.training,
                "requires_grad": {n: p.requires_grad for n, p in model.named_parameters()}}
@@ -384,34 +419,47 @@ def finetune(
             train_model, tok, task, examples, out, config, ckpt, steps=steps, batch_size=batch_size,
             lr=lr, warmup_steps=warmup_steps, schedule=schedule, weight_decay=weight_decay,
             max_grad_norm=max_grad_norm, max_length=max_length, seed=seed,
-            checkpoint_every=checkpoint_every, progress=progress, callback=callback, tqdm=tqdm,
+            checkpoint_every=checkpoint_every, progress=progress and rank == 0, callback=callback, tqdm=tqdm,
+            rank=rank, world_size=world_size, fsdp=fsdp,
         )
         train_model.eval()
         target_dir = out / ("model" if full else "adapter")
-        with atomic_dir(target_dir, overwrite=True) as tmp:
-            train_model.save_pretrained(str(tmp))
-            if full:
-                tok.save_pretrained(str(tmp))
+        if fsdp:
+            from taskvec.weights import finetune_fsdp
+
+            names = [n for n, p in train_model.named_parameters() if p.requires_grad]
+            gathered = finetune_fsdp.full_weights(train_model, names)  # collective
+            if rank == 0:
+                with atomic_dir(target_dir, overwrite=True) as tmp:
+                    finetune_fsdp.save_adapter(train_model, gathered, tmp)
+        elif rank == 0:
+            with atomic_dir(target_dir, overwrite=True) as tmp:
+                train_model.save_pretrained(str(tmp))
+                if full:
+                    tok.save_pretrained(str(tmp))
         recipe = {
-            **config, "steps": steps, "examples_seen": steps * batch_size,
+            **config, "steps": steps, "examples_seen": steps * batch_size, "world_size": world_size,
             "final_loss": losses[-1], "mean_loss_last_10": sum(losses[-10:]) / len(losses[-10:]),
             "seconds": round(seconds, 3), "resumed_from_step": ckpt.step if ckpt else None,
             "device": str(next(train_model.parameters()).device),
             "dtype": str(next(train_model.parameters()).dtype).removeprefix("torch."),
-            "optimizer": "AdamW", "versions": _versions(),
+            "optimizer": "AdamW", "parallel": "fsdp" if fsdp else ("ddp" if world_size > 1 else None),
+            "versions": _versions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        write_json(out / "recipe.json", recipe)
+        if rank == 0:
+            write_json(out / "recipe.json", recipe)
+        dist.barrier()  # the adapter and recipe exist before any rank returns
     except BaseException:
-        if not full:  # leave the caller's model as it came
+        if not full and not fsdp:  # leave the caller's model as it came (a sharded one cannot be)
             _restore_base(train_model.unload(), restore)
         raise
-    if not keep_checkpoints:
+    if not keep_checkpoints and rank == 0:
         shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
     return FinetuneResult(
         out_dir=out, adapter_dir=None if full else target_dir, model_dir=target_dir if full else None,
         final_loss=losses[-1], losses=losses, seconds=seconds, recipe=recipe, model=train_model,
-        _restore=restore,
+        _restore=restore, sharded=fsdp,
     )
 
 
@@ -420,34 +468,57 @@ def _train(
     ckpt: Any, *, steps: int, batch_size: int, lr: float, warmup_steps: int, schedule: str,
     weight_decay: float,
     max_grad_norm: float | None, max_length: int, seed: int, checkpoint_every: int,
-    progress: bool, callback: StepCallback | None, tqdm: Any,
+    progress: bool, callback: StepCallback | None, tqdm: Any, rank: int = 0, world_size: int = 1,
+    fsdp: bool = False,
 ) -> tuple[list[float], float]:
-    """The training loop; returns (per-step losses, cumulative seconds)."""
+    """The training loop; returns (per-step losses, cumulative seconds).
+
+    With ``world_size > 1`` this rank trains on rows ``rank::world_size`` of each global batch
+    through ``DistributedDataParallel``; losses are those of the global batch on every rank.
+    """
     device = next(model.parameters()).device
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    keep_logits = accepts_logits_to_keep(model)
+    names = [n for n, _ in params]
+    if ckpt is not None:  # weights first: under FSDP into the model before it is sharded
+        _load_weights(ckpt, params)
+    net = model
+    if fsdp:
+        from taskvec.weights import finetune_fsdp
+
+        finetune_fsdp.shard(model)
+        params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # now sharded
+    elif world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=dist.device_ids(device))
     opt = torch.optim.AdamW([p for _, p in params], lr=lr, weight_decay=weight_decay)
     start, losses, prev_seconds = 0, [], 0.0
     if ckpt is not None:
-        _load_state(ckpt, params, opt)
+        if fsdp:
+            finetune_fsdp.load_optimizer_state(model, opt, names, ckpt.optimizer_state)
+        else:  # param groups come from this optimizer (same options, checked); the state from the file
+            opt.load_state_dict({"state": ckpt.optimizer_state, "param_groups": opt.state_dict()["param_groups"]})
         start, losses = ckpt.step, [float(x) for x in ckpt.state["losses"]]
         prev_seconds = float(ckpt.state.get("seconds", 0.0))
     log_path = out / "train_log.jsonl"
-    _rewrite_log(log_path, start)
+    main = rank == 0
+    if main:
+        _rewrite_log(log_path, start)
 
     order = ExampleOrder(len(examples), seed)
     encoded: dict[int, tuple[list[int], list[int]]] = {}
     pad = pad_id(tok)
-    keep_logits = accepts_logits_to_keep(model)
     rng_devices = [device] if device.type == "cuda" else []
     t0 = time.perf_counter()
     model.train()
     bar = tqdm(total=steps, initial=start, desc=f"finetune {task.name}", unit="step",
                file=sys.stderr, disable=not progress, dynamic_ncols=True)
     try:
-        with open(log_path, "a", encoding="utf-8") as log:
+        with open(log_path if main else os.devnull, "a", encoding="utf-8") as log:
             for step in range(start + 1, steps + 1):
                 t_step = time.perf_counter()
-                idx = order(step - 1, batch_size)
+                idx = order(step - 1, batch_size)[rank::world_size]  # this rank's rows of the global batch
                 for i in idx:
                     if i not in encoded:
                         ex = examples[i]
@@ -459,9 +530,18 @@ def _train(
                 opt.zero_grad(set_to_none=True)
                 with torch.random.fork_rng(devices=rng_devices):
                     torch.manual_seed(_step_seed(seed, step))  # dropout, if the model has any
-                    loss, n_tok = answer_loss(model, tb, keep_logits)
+                    if world_size > 1:
+                        n_global = dist.all_reduce_sum(torch.tensor([float((tb.labels != -100).sum())]))
+                        # DDP averages gradients over ranks: scale by world_size to get the sum
+                        loss, n_tok = answer_loss(net, tb, keep_logits, float(n_global) / world_size)
+                    else:
+                        loss, n_tok = answer_loss(net, tb, keep_logits)
                     loss.backward()
-                value = float(loss.detach())
+                if world_size > 1:  # the global batch's mean loss, the same on every rank
+                    value = float(dist.all_reduce_sum(loss.detach().reshape(1).cpu())) / world_size
+                    n_tok = int(n_global)
+                else:
+                    value = float(loss.detach())
                 if not math.isfinite(value):
                     raise NonFiniteError(
                         f"training loss became {value} at step {step}; lower --lr or use float32."
@@ -477,11 +557,17 @@ def _train(
                                       "elapsed": round(seconds, 3), "tokens": n_tok}) + "\n")
                 log.flush()
                 if checkpoint_every and step % checkpoint_every == 0 and step < steps:
-                    save_checkpoint(
-                        out / CHECKPOINTS, step, dict(params), opt,
-                        {"losses": losses, "seconds": seconds, "config": config},
-                        keep=KEEP_CHECKPOINTS,
-                    )
+                    if fsdp:  # gather full tensors to rank 0 (collective: every rank calls)
+                        ck_weights = finetune_fsdp.full_weights(model, names)
+                        ck_opt: Any = finetune_fsdp.full_optimizer_state(model, opt, names)
+                    else:
+                        ck_weights, ck_opt = dict(params), opt
+                    if main:
+                        save_checkpoint(
+                            out / CHECKPOINTS, step, ck_weights, ck_opt,
+                            {"losses": losses, "seconds": seconds, "config": config},
+                            keep=KEEP_CHECKPOINTS,
+                        )
                 bar.update(1)
                 bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.4f}")
                 if callback is not None:
@@ -491,8 +577,8 @@ def _train(
     return losses, prev_seconds + (time.perf_counter() - t0)
 
 
-def _load_state(ckpt: Any, params: list[tuple[str, torch.nn.Parameter]], opt: Any) -> None:
-    """Copy a checkpoint's weights and optimizer state into the model and optimizer."""
+def _load_weights(ckpt: Any, params: list[tuple[str, torch.nn.Parameter]]) -> None:
+    """Copy a checkpoint's trainable weights into the (unsharded) model."""
     from taskvec.errors import FileFormatError
 
     names = {n for n, _ in params}
@@ -507,5 +593,3 @@ def _load_state(ckpt: Any, params: list[tuple[str, torch.nn.Parameter]], opt: An
             if w.shape != p.shape:
                 raise FileFormatError(f"checkpoint {ckpt.path}: {n} has shape {tuple(w.shape)}, expected {tuple(p.shape)}.")
             p.copy_(w)
-    # param groups come from this optimizer (same options, checked); the state from the file
-    opt.load_state_dict({"state": ckpt.optimizer_state, "param_groups": opt.state_dict()["param_groups"]})

@@ -104,11 +104,13 @@ def accepts_logits_to_keep(model: Any) -> bool:
         return False
 
 
-def answer_loss(model: Any, tb: TrainBatch, keep_logits: bool = True) -> tuple[torch.Tensor, int]:
+def answer_loss(model: Any, tb: TrainBatch, keep_logits: bool = True,
+                denominator: float | None = None) -> tuple[torch.Tensor, int]:
     """Mean cross-entropy over the batch's answer tokens, and their count.
 
     Answers end every left-padded row, so only the last ``max_answer + 1`` positions'
-    logits are computed.
+    logits are computed. ``denominator`` replaces the token count as the divisor (data
+    parallelism divides each rank's sum by the token count of the whole global batch).
     """
     keep = tb.max_answer + 1
     kwargs: dict[str, Any] = {"use_cache": False}
@@ -120,5 +122,5 @@ def answer_loss(model: Any, tb: TrainBatch, keep_logits: bool = True) -> tuple[t
     n_tok = int((target != -100).sum())
     loss = F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="sum"
-    ) / n_tok
+    ) / (denominator if denominator is not None else n_tok)
     return loss, n_tok

@@ -62,6 +62,33 @@ def check_format_version(path: Any, meta: Mapping[str, Any], expected: str = FOR
         )
 
 
+def read_vector_metadata(path: Any, raw: Mapping[str, str] | None) -> dict[str, Any]:
+    """Decode a vector file's safetensors metadata; refuse other kinds and format versions."""
+    meta = decode_metadata(raw)
+    kind = meta.get("taskvec_kind")
+    if kind != KIND:
+        what = f'a taskvec "{kind}" file' if kind else "not a taskvec task vector"
+        raise FileFormatError(f"{path} is {what}: pass a file written by `taskvec extract` or TaskVector.save.")
+    check_format_version(path, meta, FORMAT_VERSION)
+    return meta
+
+
+def check_vector_path(path: Path, dir_hint: str) -> None:
+    """``MissingFileError`` for a missing vector file, ``UserInputError`` (with ``dir_hint``) for a directory."""
+    if not path.exists():
+        raise MissingFileError(f"vector file {path} does not exist.")
+    if path.is_dir():
+        raise UserInputError(f"{path} is a directory: {dir_hint}")
+
+
+def split_vector_key(path: Any, key: str) -> tuple[str, str]:
+    """``"lora_A::<name>"`` -> ``("lora_A", "<name>")``; refuse keys a vector file cannot hold."""
+    prefix, _, name = key.partition("::")
+    if prefix not in ("dense", "lora_A", "lora_B") or not name:
+        raise FileFormatError(f'{path} has an unexpected tensor "{key}": not a taskvec vector file.')
+    return prefix, name
+
+
 def save_vector(vector: TaskVector, path: str | os.PathLike) -> Path:
     """Write ``vector`` atomically: ``.safetensors`` (default) or ``.pth`` (dense state dict)."""
     vector.check_finite()
@@ -131,22 +158,12 @@ def read_safetensors_header(path: Path) -> dict[str, Any]:
 def load_vector(path: str | os.PathLike, device: str = "cpu") -> TaskVector:
     """Load a task vector file (``.safetensors`` with taskvec metadata, or ``.pth``)."""
     path = Path(path)
-    if not path.exists():
-        raise MissingFileError(f"vector file {path} does not exist.")
-    if path.is_dir():
-        raise UserInputError(
-            f"{path} is a directory: pass a vector file (for a PEFT adapter directory use "
-            "`taskvec extract --finetuned DIR`)."
-        )
+    check_vector_path(
+        path, "pass a vector file (for a PEFT adapter directory use `taskvec extract --finetuned DIR`)."
+    )
     if path.suffix in (".pth", ".pt", ".bin"):
         return load_pth(path)
-    header = read_safetensors_header(path)
-    meta = decode_metadata(header.get("__metadata__"))
-    kind = meta.get("taskvec_kind")
-    if kind != KIND:
-        what = f'a taskvec "{kind}" file' if kind else "not a taskvec task vector"
-        raise FileFormatError(f"{path} is {what}: pass a file written by `taskvec extract` or TaskVector.save.")
-    check_format_version(path, meta, FORMAT_VERSION)
+    meta = read_vector_metadata(path, read_safetensors_header(path).get("__metadata__"))
     from safetensors import SafetensorError, safe_open
 
     scales = meta.pop("scales", {}) or {}
@@ -160,10 +177,8 @@ def load_vector(path: str | os.PathLike, device: str = "cpu") -> TaskVector:
     try:
         with safe_open(str(path), framework="pt", device=device) as fh:
             for key in fh.keys():
-                prefix, _, name = key.partition("::")
-                target = {"dense": dense, "lora_A": fa, "lora_B": fb}.get(prefix)
-                if target is None or not name:
-                    raise FileFormatError(f'{path} has an unexpected tensor "{key}": not a taskvec vector file.')
+                prefix, name = split_vector_key(path, key)
+                target = {"dense": dense, "lora_A": fa, "lora_B": fb}[prefix]
                 t = fh.get_tensor(key)
                 if not t.is_floating_point():
                     raise FileFormatError(

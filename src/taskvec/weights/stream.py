@@ -30,14 +30,12 @@ from typing import Any
 import torch
 
 from taskvec.errors import (
-    FileFormatError,
     FingerprintMismatchError,
     NonFiniteError,
     ShapeMismatchError,
     UserInputError,
 )
 from taskvec.io_utils import atomic_dir
-from taskvec.weights.io import check_format_version
 from taskvec.weights.lowrank import LowRankDelta
 from taskvec.weights.safetensors_stream import (
     INDEX_NAME,
@@ -50,8 +48,16 @@ from taskvec.weights.safetensors_stream import (
     open_tensors,
 )
 from taskvec.weights.vector import TaskVector
+from taskvec.weights.vector_file import VectorFile
 
-__all__ = ["CHUNK_BYTES", "ApplyReport", "plan_shards", "stream_apply", "stream_apply_report"]
+__all__ = [
+    "CHUNK_BYTES",
+    "ApplyReport",
+    "plan_shards",
+    "stream_apply",
+    "stream_apply_report",
+    "vector_source",
+]
 
 #: float32 bytes per row block: bounds the working memory for tensors of any size
 CHUNK_BYTES = 16 * 2**20
@@ -100,67 +106,22 @@ class _VectorSource:
         self.path = path
         self._vector = vector
         self.lazy = vector is None  # deltas are read from the file on demand (fresh tensors)
-        self._reader: SafetensorsReader | None = None
-        self._keys: dict[str, tuple[str, ...]] = {}
-        self._scales: dict[str, float] = {}
-        self._a_cache: tuple[str | None, torch.Tensor | None] = (None, None)
+        self._file: VectorFile | None = None
         if vector is not None:
             self.metadata = dict(vector.metadata)
             self.shapes = {k: tuple(int(s) for s in d.shape) for k, d in vector.items()}
         else:
             assert path is not None
-            self._open_file(path)
-
-    def _open_file(self, path: Path) -> None:
-        from taskvec.weights.io import FORMAT_VERSION, KIND, decode_metadata
-
-        reader = SafetensorsReader(path)
-        meta = decode_metadata(reader.metadata)
-        kind = meta.get("taskvec_kind")
-        if kind != KIND:
-            what = f'a taskvec "{kind}" file' if kind else "not a taskvec task vector"
-            raise FileFormatError(f"{path} is {what}: pass a file written by `taskvec extract` or TaskVector.save.")
-        check_format_version(path, meta, FORMAT_VERSION)
-        self._scales = {k: float(v) for k, v in (meta.pop("scales", {}) or {}).items()}
-        groups: dict[str, dict[str, str]] = {}
-        for key in reader.keys():
-            prefix, _, name = key.partition("::")
-            if prefix not in ("dense", "lora_A", "lora_B") or not name:
-                raise FileFormatError(f'{path} has an unexpected tensor "{key}": not a taskvec vector file.')
-            groups.setdefault(name, {})[prefix] = key
-        self.shapes = {}
-        for name, g in groups.items():
-            if "dense" in g:
-                if len(g) != 1:
-                    raise FileFormatError(f'{path} stores "{name}" both dense and low-rank: the file is corrupted.')
-                self._keys[name] = (g["dense"],)
-                self.shapes[name] = reader.specs[g["dense"]].shape
-                continue
-            if set(g) != {"lora_A", "lora_B"}:
-                raise FileFormatError(f"{path} has unpaired low-rank factors: the file is corrupted.")
-            a, b = reader.specs[g["lora_A"]].shape, reader.specs[g["lora_B"]].shape
-            if len(a) != 2 or len(b) != 2 or a[0] != b[1]:
-                raise FileFormatError(
-                    f'{path}: low-rank factors of "{name}" do not fit (A {a}, B {b}): the file is corrupted.'
-                )
-            if name not in self._scales:
-                raise FileFormatError(f'{path} has no scale for low-rank tensor "{name}": the file is corrupted.')
-            if not math.isfinite(self._scales[name]):
-                raise NonFiniteError(f'tensor "{name}" has a non-finite scale: the vector is corrupt; rebuild it.')
-            self._keys[name] = (g["lora_A"], g["lora_B"])
-            self.shapes[name] = (b[0], a[1])
-        self.metadata = meta
-        self._reader = reader
+            self._file = VectorFile(path)
+            self.metadata = self._file.metadata
+            self.shapes = self._file.shapes
 
     def delta(self, name: str) -> torch.Tensor | LowRankDelta:
         """The delta of one tensor, read now (only this tensor's data)."""
         if self._vector is not None:
             return self._vector[name]
-        assert self._reader is not None
-        keys = self._keys[name]
-        if len(keys) == 1:
-            return self._reader.get_tensor(keys[0])
-        return LowRankDelta(self._reader.get_tensor(keys[0]), self._reader.get_tensor(keys[1]), self._scales[name])
+        assert self._file is not None
+        return self._file.delta(name)
 
     def delta_rows(self, name: str, start: int, stop: int) -> torch.Tensor | LowRankDelta:
         """Rows ``start:stop`` of one delta (the low-rank ``A`` factor is read once per tensor)."""
@@ -169,20 +130,17 @@ class _VectorSource:
             if isinstance(d, LowRankDelta):
                 return LowRankDelta(d.A, d.B[start:stop], d.scale)
             return d[start:stop]
-        assert self._reader is not None
-        keys = self._keys[name]
-        if len(keys) == 1:
-            return self._reader.get_rows(keys[0], start, stop)
-        if self._a_cache[0] != name:
-            self._a_cache = (name, self._reader.get_tensor(keys[0]))
-        return LowRankDelta(self._a_cache[1], self._reader.get_rows(keys[1], start, stop), self._scales[name])
+        assert self._file is not None
+        return self._file.delta_rows(name, start, stop)
 
     def close(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
+        if self._file is not None:
+            self._file.close()
 
 
-def _vector_source(vector: TaskVector | str | os.PathLike) -> _VectorSource:
+def vector_source(vector: TaskVector | str | os.PathLike) -> _VectorSource:
+    """A lazy, tensor-by-tensor view of a task vector: a ``.safetensors`` file is read on demand
+    (headers only up front), a ``TaskVector`` or ``.pth`` file is held in memory."""
     if isinstance(vector, TaskVector):
         return _VectorSource(vector=vector)
     path = Path(vector)
@@ -372,7 +330,7 @@ def stream_apply_report(
         raise NonFiniteError(f"scale must be a finite number, got {scale!r}.")
     if max_shard_bytes <= 0:
         raise UserInputError(f"the shard size must be positive, got {max_shard_bytes} bytes.")
-    source = _vector_source(vector)  # headers only: cheap, so checked before the base
+    source = vector_source(vector)  # headers only: cheap, so checked before the base
     readers: dict[str, SafetensorsReader] = {}
     try:
         base = model_dir(base_dir)  # embedded names and GGUF files resolve to their cache

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from taskvec.errors import FileFormatError, MissingFileError, NonFiniteError, UserInputError
-from taskvec.weights.io import check_format_version
+from taskvec.errors import NonFiniteError
 from taskvec.weights.lowrank import Delta, LowRankDelta
 from taskvec.weights.vector import TaskVector
 
@@ -63,79 +61,33 @@ class FileSource(VectorSource):
     """A taskvec ``.safetensors`` vector file, read lazily with positional reads (no mmap)."""
 
     def __init__(self, path: str | os.PathLike) -> None:
-        from taskvec.weights.io import FORMAT_VERSION, KIND, decode_metadata
-        from taskvec.weights.safetensors_stream import SafetensorsReader
+        from taskvec.weights.vector_file import VectorFile
 
         self.path = Path(path)
         self.label = str(path)
-        reader = SafetensorsReader(self.path)  # validates the header against the file size
-        meta = decode_metadata(reader.metadata)
-        kind = meta.get("taskvec_kind")
-        if kind != KIND:
-            what = f'a taskvec "{kind}" file' if kind else "not a taskvec task vector"
-            raise FileFormatError(f"{path} is {what}: pass a file written by `taskvec extract` or TaskVector.save.")
-        check_format_version(path, meta, FORMAT_VERSION)
-        scales = meta.pop("scales", {}) or {}
-        groups: dict[str, dict[str, str]] = {}
-        for key in reader.keys():
-            prefix, _, name = key.partition("::")
-            if prefix not in ("dense", "lora_A", "lora_B") or not name:
-                raise FileFormatError(f'{path} has an unexpected tensor "{key}": not a taskvec vector file.')
-            groups.setdefault(name, {})[prefix] = key
-        self._keys: dict[str, tuple[str, ...]] = {}
-        self._scales: dict[str, float] = {}
-        self.shapes = {}
-        for name, g in groups.items():
-            if set(g) == {"dense"}:
-                self._keys[name] = (g["dense"],)
-                self.shapes[name] = reader.specs[g["dense"]].shape
-                continue
-            if set(g) != {"lora_A", "lora_B"}:
-                raise FileFormatError(f'{path}: "{name}" has unpaired or duplicate factors: the file is corrupted.')
-            a, b = reader.specs[g["lora_A"]].shape, reader.specs[g["lora_B"]].shape
-            if len(a) != 2 or len(b) != 2 or a[0] != b[1]:
-                raise FileFormatError(f'{path}: low-rank factors of "{name}" do not fit (A {a}, B {b}).')
-            try:
-                scale = float(scales[name])
-            except (KeyError, TypeError, ValueError):
-                raise FileFormatError(f'{path} has no scale for low-rank tensor "{name}": the file is corrupted.') from None
-            if not math.isfinite(scale):
-                raise NonFiniteError(f'{path}: tensor "{name}" has a non-finite scale; rebuild the vector.')
-            self._keys[name] = (g["lora_A"], g["lora_B"])
-            self._scales[name] = scale
-            self.shapes[name] = (b[0], a[1])
-        self.names = list(groups)
-        self.metadata = meta
-        self._reader = reader
+        self._file = VectorFile(self.path)  # validates the header against the file size
+        self.names = self._file.names
+        self.shapes = self._file.shapes
+        self.metadata = self._file.metadata
 
     def rank(self, name: str) -> int | None:
-        keys = self._keys[name]
-        return None if len(keys) == 1 else self._reader.specs[keys[0]].shape[0]
+        return self._file.rank(name)
 
     def get(self, name: str) -> Delta:
-        keys = self._keys[name]
-        if len(keys) == 1:
-            return self._reader.get_tensor(keys[0])
-        A = self._reader.get_tensor(keys[0])
-        B = self._reader.get_tensor(keys[1])
-        return LowRankDelta(A, B, self._scales[name])
+        return self._file.delta(name)
 
     def close(self) -> None:
-        self._reader.close()
+        self._file.close()
 
 
 def open_source(path: str | os.PathLike) -> VectorSource:
     """A lazy source for ``.safetensors`` files; ``.pth`` files are loaded whole (no lazy form)."""
+    from taskvec.weights.io import check_vector_path, load_vector
+
     p = Path(path)
-    if not p.exists():
-        raise MissingFileError(f"vector file {p} does not exist.")
-    if p.is_dir():
-        raise UserInputError(
-            f"{p} is a directory: merge takes task vector files; make one with `taskvec extract`."
-        )
+    check_vector_path(p, "merge takes task vector files; make one with `taskvec extract`.")
     if p.suffix == ".safetensors":
         return FileSource(p)
-    from taskvec.weights.io import load_vector
 
     return MemorySource(load_vector(p), label=str(p))
 
