@@ -90,6 +90,11 @@ def _header_file(tmp_path, header: dict, data: bytes = b"") -> object:
         ({"dense::a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
           "__metadata__": {"taskvec_kind": "task_vector", "format_version": "1"}}, b"\x00\x00\xc0\x7f"),  # NaN
         ({"__metadata__": {"taskvec_kind": 5}}, b""),  # non-string metadata
+        ({"dense::a": {"dtype": "F32", "shape": [4, 3], "data_offsets": [0, 48]},
+          "lora_A::a": {"dtype": "F32", "shape": [1, 3], "data_offsets": [48, 60]},
+          "lora_B::a": {"dtype": "F32", "shape": [4, 1], "data_offsets": [60, 76]},
+          "__metadata__": {"taskvec_kind": "task_vector", "format_version": "1", "scales": "{\"a\": 1.0}"}},
+         b"\0" * 76),  # one name stored both dense and low-rank
     ],
 )
 def test_crafted_headers(tmp_path, header, data):

@@ -189,6 +189,9 @@ def load_vector(path: str | os.PathLike, device: str = "cpu") -> TaskVector:
         raise FileFormatError(f"{path} is corrupted ({exc}): re-create or re-download it.") from None
     if set(fa) != set(fb):
         raise FileFormatError(f"{path} has unpaired low-rank factors: the file is corrupted.")
+    both = sorted(set(dense) & set(fa))
+    if both:
+        raise FileFormatError(f'{path} stores "{both[0]}" both dense and low-rank: the file is corrupted.')
     deltas: dict[str, Any] = dict(dense)
     for name in fa:
         if name not in scales:
