@@ -29,3 +29,24 @@ def embedded():
     from taskvec.models import load_model
 
     return load_model("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    """A tiny random Llama and its byte-level tokenizer saved as a model directory."""
+    from taskvec.models import tiny_model
+
+    d = tmp_path_factory.mktemp("tiny") / "llama"
+    model, tok = tiny_model("llama", seed=0)
+    model.save_pretrained(d, safe_serialization=True)
+    tok.save_pretrained(d)
+    return d
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    """``taskvec ARGV...`` in-process: (exit code, stdout, stderr)."""
+    from taskvec.cli.main import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -6,25 +6,10 @@ import json
 
 import pytest
 
+from conftest import run_cli as run
 from taskvec.cli.main import main
-from taskvec.models import tiny_model
 
 SMALL = ["--shots", "2", "--n-prompts", "4", "--sweep-limit", "4", "--no-progress"]
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny") / "llama"
-    model, tok = tiny_model("llama", seed=0)
-    model.save_pretrained(d, safe_serialization=True)
-    tok.save_pretrained(d)
-    return d
 
 
 @pytest.fixture(scope="module")

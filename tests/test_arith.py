@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from taskvec.cli.main import main
+from conftest import run_cli as run
 from taskvec.errors import UserInputError
 from taskvec.models import fingerprint, tiny_model
 from taskvec.weights import LowRankDelta, TaskVector
@@ -307,12 +307,6 @@ def test_build_collection_caches_by_recipe(bc, tmp_path, monkeypatch):
 
 
 # -- CLI -------------------------------------------------------------------------------------
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 @pytest.fixture(scope="module")
 def tiny_files(tmp_path_factory):
     d = tmp_path_factory.mktemp("arith")

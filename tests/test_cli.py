@@ -7,24 +7,9 @@ import json
 import pytest
 import torch
 
-from taskvec.cli.main import main
+from conftest import run_cli as run
 from taskvec.models import fingerprint, tiny_model
 from taskvec.weights import LowRankDelta, TaskVector, load_vector
-
-
-def run(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny") / "llama"
-    model, tok = tiny_model("llama", seed=0)
-    model.save_pretrained(d, safe_serialization=True)
-    tok.save_pretrained(d)
-    return d
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from conftest import run_cli as run
 from taskvec.activations import (
     Intervention,
     Positions,
@@ -18,7 +19,6 @@ from taskvec.activations import (
 from taskvec.activations.soft import SoftConfig, TaskVectorExtractor, ValScore, split_plan
 from taskvec.activations.soft_compare import comparison_table, parse_shots
 from taskvec.activations.soft_files import SoftTaskVector, load_soft
-from taskvec.cli.main import main
 from taskvec.errors import (
     FileFormatError,
     FingerprintMismatchError,
@@ -383,21 +383,6 @@ def test_comparison_table_all_methods(antonym) -> None:
 
 
 # ---------------------------------------------------------------------------- CLI
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny") / "llama"
-    model, tok = tiny_model("llama", seed=0)
-    model.save_pretrained(d, safe_serialization=True)
-    tok.save_pretrained(d)
-    return d
 
 
 CLI_SMALL = ["--shots", "2", "--n-prompts", "4", "--val-limit", "8", "--batch-size", "4",
