@@ -9,9 +9,13 @@ For each method, each in a fresh process with wall time and peak RSS from ``os.w
     (a) + (b) produce what mergekit produces;
 (c) ``mergekit-yaml`` on base + the T fine-tuned directories -> a model directory.
 
-The merged models of (b) and (c) are compared tensor by tensor (max abs difference).
+The merged models of (b) and (c) are compared tensor by tensor (max abs difference, and how
+many entries differ). mergekit sees ``fine-tuned - base`` recomputed from the rounded fine-tuned
+weights, not the exact vectors; TIES's top-k trim is sensitive to that rounding at the threshold.
+``--same-deltas`` gives taskvec exactly mergekit's deltas (``taskvec extract --dense`` from the
+fine-tuned directories, not timed) to check the two agree when the inputs are bit-identical.
 
-    python benchmarks/bench_merge.py [--t 3] [--density 0.5] [--lam 0.5]
+    python benchmarks/bench_merge.py [--t 3] [--density 0.5] [--lam 0.5] [--same-deltas]
 
 Results: a table on stdout and ``benchmarks/results/merge.json``.
 """
@@ -32,9 +36,29 @@ from bench_apply import (
     build_inputs,
     dir_bytes,
     machine_info,
-    max_abs_diff,
     run_measured,
 )
+
+
+def diff_stats(ref_dir: Path, other_dir: Path, tol: float = 1e-5) -> dict[str, Any]:
+    """Max |ref - other| and how many entries differ by more than ``tol`` (tensor by tensor)."""
+    from taskvec.weights.safetensors_stream import model_safetensors_files, open_tensors
+
+    ref, _ = open_tensors(model_safetensors_files(ref_dir))
+    oth, _ = open_tensors(model_safetensors_files(other_dir))
+    worst, worst_name, n_diff, n_total = 0.0, None, 0, 0
+    for name in ref:
+        if name not in oth:
+            continue
+        d = (ref[name].get_tensor(name).double() - oth[name].get_tensor(name).double()).abs()
+        n_total += d.numel()
+        n_diff += int((d > tol).sum())
+        if d.numel() and float(d.max()) > worst:
+            worst, worst_name = float(d.max()), name
+    for r in set(ref.values()) | set(oth.values()):
+        r.close()
+    return {"max_abs_diff": worst, "worst_tensor": worst_name, "entries_differing": n_diff,
+            "entries_total": n_total, "tolerance": tol}
 
 
 def mergekit_yaml(method: str, base: Path, fts: list[Path], lam: float, density: float) -> str:
@@ -56,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--density", type=float, default=0.5, help="ties density")
     p.add_argument("--methods", default="task_arithmetic,ties")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/taskvec-bench-apply"))
+    p.add_argument("--same-deltas", action="store_true",
+                   help="merge the deltas re-extracted from the fine-tuned dirs (what mergekit sees)")
     p.add_argument("--mergekit-venv", type=Path, default=DEFAULT_MERGEKIT_VENV)
     p.add_argument("--json-out", type=Path, default=REPO / "benchmarks" / "results" / "merge.json")
     args = p.parse_args(argv)
@@ -65,6 +91,18 @@ def main(argv: list[str] | None = None) -> int:
     base = inputs[0][0]
     vecs = [v for _, v, _ in inputs]
     fts = [ft for _, _, ft in inputs]
+    if args.same_deltas:
+        import subprocess
+
+        same = []
+        for ft in fts:
+            out = work / f"{ft.name}-delta.safetensors"
+            if not out.exists():
+                subprocess.run([sys.executable, "-m", "taskvec", "extract", "--base", str(base), "--finetuned",
+                                str(ft), "--dense", "--task", ft.name, "--out", str(out)], check=True,
+                               capture_output=True)
+            same.append(out)
+        vecs = same
     mk_bin = args.mergekit_venv / "bin" / "mergekit-yaml"
     if not mk_bin.exists():
         print(f"bench_merge: error: mergekit not installed at {mk_bin} (see benchmarks/bench_apply.py)", file=sys.stderr)
@@ -98,12 +136,12 @@ def main(argv: list[str] | None = None) -> int:
         if all(r["rc"] == 0 for r in row["runs"].values()):
             row["merged_vector_bytes"] = merged.stat().st_size
             row["model_bytes"] = dir_bytes(out_tv)
-            row |= max_abs_diff(out_mk, out_tv)
+            row |= diff_stats(out_mk, out_tv)
         results.append(row)
         for d in (out_tv, out_mk):  # ~0.5 GB each
             shutil.rmtree(d, ignore_errors=True)
     report = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine_info(),
-              "model": args.model, "T": args.t, "lambda": args.lam, "density": args.density,
+              "model": args.model, "same_deltas": args.same_deltas, "T": args.t, "lambda": args.lam, "density": args.density,
               "vector_bytes": [v.stat().st_size for v in vecs], "results": results}
     args.json_out.parent.mkdir(parents=True, exist_ok=True)
     args.json_out.write_text(json.dumps(report, indent=2) + "\n")
@@ -115,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
             rss = f"{r['peak_rss_bytes'] / mib:.0f}" if r["rc"] == 0 else f"failed rc={r['rc']}"
             print(f"{row['method']:<16} {label:<14} {r['wall_s']:>7.1f} {rss:>13}")
         if "max_abs_diff" in row:
-            print(f"{'':<16} max |mergekit - taskvec| = {row['max_abs_diff']:.2e} ({row['worst_tensor']})")
+            print(f"{'':<16} max |mergekit - taskvec| = {row['max_abs_diff']:.2e} ({row['worst_tensor']}); "
+                  f"{row['entries_differing']:,} of {row['entries_total']:,} entries differ by > {row['tolerance']:g}")
     print(f"\nwrote {args.json_out}")
     return 0 if all(r["rc"] == 0 for row in results for r in row["runs"].values()) else 1
 
