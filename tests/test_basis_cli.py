@@ -86,3 +86,31 @@ def test_per_layer_random_sample_and_errors(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert msg in err and len(err.splitlines()) == 1 and err.startswith("taskvec basis: error:")
     assert main(["basis"]) == 2
+
+
+def test_merge_accepts_basis_tasks_and_whole_bases(tmp_path, capsys):
+    vecs = _files(tmp_path)
+    basis = str(tmp_path / "b.safetensors")
+    assert main(["basis", "build", *vecs, "--out", basis, "--method", "pca", "--m", "3", "--no-progress"]) == 0
+    capsys.readouterr()
+    # BASIS#TASK inputs give (within float tolerance) the merge of the original files
+    via_basis, direct = tmp_path / "m1.safetensors", tmp_path / "m2.safetensors"
+    assert main(["merge", "--method", "task_arithmetic", "--vectors", f"{basis}#t0", f"{basis}#t2",
+                 "--param", "lambda=0.5", "--out", str(via_basis), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert len(rep["inputs"]) == 2
+    assert main(["merge", "--method", "task_arithmetic", "--vectors", vecs[0], vecs[2],
+                 "--param", "lambda=0.5", "--out", str(direct)]) == 0
+    capsys.readouterr()
+    a, b = load_vector(via_basis).to_dense(), load_vector(direct).to_dense()
+    for n in b.names:
+        torch.testing.assert_close(a[n], b[n], rtol=1e-4, atol=1e-5)
+    # a bare basis file stands for all of its tasks
+    whole = tmp_path / "m3.safetensors"
+    assert main(["merge", "--method", "ties", "--vectors", basis, "--out", str(whole), "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["inputs"]) == 4
+    # an unknown task is one clear line, exit 2, nothing written
+    bad = tmp_path / "m4.safetensors"
+    assert main(["merge", "--method", "ties", "--vectors", f"{basis}#nope", vecs[0], "--out", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "nope" in err and err.count("\n") == 1 and not bad.exists()

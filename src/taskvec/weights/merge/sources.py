@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from taskvec.errors import NonFiniteError
+from taskvec.errors import NonFiniteError, UserInputError
 from taskvec.weights.lowrank import Delta, LowRankDelta
 from taskvec.weights.vector import TaskVector
 
@@ -81,10 +82,22 @@ class FileSource(VectorSource):
 
 
 def open_source(path: str | os.PathLike) -> VectorSource:
-    """A lazy source for ``.safetensors`` files; ``.pth`` files are loaded whole (no lazy form)."""
+    """A lazy source for ``.safetensors`` files; ``.pth`` files are loaded whole (no lazy form).
+
+    ``BASIS#TASK`` (one task of a basis file) is recovered from the basis in memory, as one
+    dense vector; a basis file without ``#TASK`` is refused (expand it with
+    :func:`expand_basis_paths`).
+    """
     from taskvec.weights.io import check_vector_path, load_vector
 
     p = Path(path)
+    if not p.exists() and "#" in str(path) or _is_basis(p):
+        from taskvec.basis import load_basis_or_vector
+
+        got = load_basis_or_vector(path)
+        if len(got) != 1:
+            raise UserInputError(f"{path} is a basis of {len(got)} tasks: pick one with {path}#TASK.")
+        return MemorySource(got[0], label=str(path))
     check_vector_path(p, "merge takes task vector files; make one with `taskvec extract`.")
     if p.suffix == ".safetensors":
         return FileSource(p)
@@ -98,3 +111,24 @@ def check_finite(t: torch.Tensor | LowRankDelta, name: str, where: str) -> None:
     for x in parts:
         if x.numel() and not bool(torch.isfinite(x.float().sum())) and not bool(torch.isfinite(x).all()):
             raise NonFiniteError(f'tensor "{name}" of {where} contains NaN or Inf: refusing to merge it.')
+
+
+def _is_basis(p: Path) -> bool:
+    from taskvec.basis import is_basis_file
+
+    return p.suffix == ".safetensors" and p.is_file() and is_basis_file(p)
+
+
+def expand_basis_paths(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """Each bare basis file becomes ``BASIS#TASK`` for every task it holds; other paths stay."""
+    from taskvec.basis import Basis
+
+    out: list[str] = []
+    for path in paths:
+        p = Path(path)
+        if _is_basis(p):
+            with Basis.load(p) as basis:
+                out.extend(f"{path}#{t}" for t in basis.tasks)
+        else:
+            out.append(str(path))
+    return out

@@ -25,7 +25,13 @@ from taskvec.errors import FingerprintMismatchError, ShapeMismatchError, UserInp
 from taskvec.weights.lowrank import Delta, LowRankDelta, dense_of
 from taskvec.weights.merge.base import MergeMethod
 from taskvec.weights.merge.registry import get_method
-from taskvec.weights.merge.sources import MemorySource, VectorSource, check_finite, open_source
+from taskvec.weights.merge.sources import (
+    MemorySource,
+    VectorSource,
+    check_finite,
+    expand_basis_paths,
+    open_source,
+)
 from taskvec.weights.vector import TaskVector
 
 
@@ -200,9 +206,10 @@ def merge_files(method: str | MergeMethod, paths: Sequence[str | os.PathLike], o
 
     t0 = time.perf_counter()
     m = get_method(method)
-    paths = [Path(p) for p in paths]
+    paths = [Path(p) for p in expand_basis_paths(paths)]  # a bare basis file: one input per task
     w, p, notes = m.validate(weights, params or {}, len(paths))
-    out = check_writable(out, tuple(paths))
+    files = tuple(Path(str(q).rpartition("#")[0]) if "#" in q.name and not q.exists() else q for q in paths)
+    out = check_writable(out, files)
     if out.suffix != ".safetensors":
         raise UserInputError(f"the merged vector is written as .safetensors, got {out.name}: rename --out.")
     sources: list[VectorSource] = []
