@@ -3,7 +3,7 @@
 Usage:
     python benchmarks/basis_report.py --collection runs/collection \
         [--methods pca,autoencoder,random,random_sample] [--ms 2,half,T-1] [--grid 0.1:0.5:0.1] \
-        [--search-limit 30] [--eval-limit 100] [--negate sst2:ag_news] [--negate-grid 0.5:2.0:0.5] \
+        [--search-limit 30] [--eval-limit 100] [--negate sst2:ag_news] [--negate-grid 0.1:0.5:0.1] \
         [--negate-ms half] [--keep-bases]
 
 For every method and M: the basis is built by streaming over the collection's vector files
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--search-limit", type=int, default=30)
     p.add_argument("--eval-limit", type=int, default=100)
     p.add_argument("--negate", default="sst2:ag_news", help="TARGET:CONTROL or 'none'")
-    p.add_argument("--negate-grid", default="0.5:2.0:0.5")
+    p.add_argument("--negate-grid", default="0.1:0.5:0.1")
     p.add_argument("--negate-ms", default="half", help="the M values whose bases get the negation ('all' or a --ms list)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16)
