@@ -67,6 +67,7 @@ def test_fv_extract_with_heads_and_plots(tiny_dir, tmp_path, capsys) -> None:
         (["fv", "extract", "--task", "antonym", "--out", "x.safetensors", "--plot-ie", "a.jpg"], ".png"),
         (["fv", "eval", "--vector", "missing.safetensors"], "does not exist"),
         (["residual", "extract", "--task", "antonym", "--out", "x.safetensors", "--mode", "mix"], "replace"),
+        (["residual", "extract", "--task", "antonym", "--out", "x.safetensors", "--scales", "1,x"], "--scales"),
     ],
 )
 def test_bad_input_one_line_exit_2(argv, msg, capsys, tmp_path, monkeypatch) -> None:

@@ -27,6 +27,7 @@ from taskvec.errors import (
     FingerprintMismatchError,
     MissingFileError,
     ShapeMismatchError,
+    UserInputError,
 )
 from taskvec.models import TINY_ARCHS, get_adapter, tiny_model
 from taskvec.models.adapter import position_ids
@@ -197,8 +198,41 @@ def fv_and_rv(task):
         model, tok, task, shots=2, n_prompts=4, top_k=2, ie_prompts=1, sweep_limit=4,
         scales=(1.0, 2.0), batch_size=4,
     )
-    rv = extract_residual_vector(model, tok, task, shots=2, n_prompts=4, sweep_limit=4)
+    rv = extract_residual_vector(model, tok, task, shots=2, n_prompts=4, sweep_limit=4, mode="replace")
     return fv, rv
+
+
+@pytest.fixture(scope="module")
+def rv_diff(task):
+    model, tok = _tiny("llama")
+    return extract_residual_vector(model, tok, task, shots=2, n_prompts=4, sweep_limit=4)
+
+
+def test_residual_diff_is_icl_minus_zero_shot_mean(rv_diff, task) -> None:
+    """diff (the default): vector = ICL mean - zero-shot mean of the same queries at the chosen
+    layer; the zero-shot means equal hidden states computed without hooks; layer x scale grid."""
+    model, tok = _tiny("llama")
+    ad = get_adapter(model)
+    rv = rv_diff
+    assert rv.metadata["mode"] == "diff" and rv.scale in (1.0, 2.0, 3.0)
+    zs, lm = rv.tensors["zero_shot_means"], rv.tensors["layer_means"]
+    torch.testing.assert_close(rv.vector, lm[rv.layer] - zs[rv.layer])
+    icl = icl_prompt_set(task, tok, 4, 2, 0, salt="residual")
+    zero = icl_prompt_set(task, tok, 4, 0, 0, salt="residual")
+    assert icl.queries == zero.queries and zero.prompts[0] != icl.prompts[0]
+    with torch.no_grad():  # independent: one prompt at a time, no padding, no hooks
+        hs = [model(**tok([p], return_tensors="pt"), output_hidden_states=True).hidden_states
+              for p in zero.prompts]
+    for layer in range(ad.n_layers - 1):  # the last hidden state has the final norm applied
+        want = torch.stack([h[layer + 1][0, -1] for h in hs]).mean(0)
+        torch.testing.assert_close(zs[layer], want, atol=1e-5, rtol=1e-4)
+    extra = rv.metadata["extra"]
+    grid = extra["grid_accuracy"]
+    assert len(grid) == 3 * ad.n_layers
+    assert grid[f"{rv.layer}:{rv.scale:g}"] == max(grid.values())
+    for layer in range(ad.n_layers):
+        assert extra["layer_accuracy"][str(layer)] == max(grid[f"{layer}:{s}"] for s in (1, 2, 3))
+    assert extra["scale_accuracy"] == {s: grid[f"{rv.layer}:{s}"] for s in ("1", "2", "3")}
 
 
 def test_extract_function_vector(fv_and_rv) -> None:
@@ -279,11 +313,12 @@ def test_compare_rows(fv_and_rv, task) -> None:
         ActivationVector("function_vector", {}, {})
 
 
-def test_residual_add_mode_adds(fv_and_rv) -> None:
+@pytest.mark.parametrize("mode", ["add", "diff"])
+def test_residual_add_mode_adds(fv_and_rv, mode) -> None:
     _, rv = fv_and_rv
     model, tok = _tiny("llama")
     ad = get_adapter(model)
-    add = ActivationVector("residual_vector", dict(rv.tensors), rv.metadata | {"mode": "add"})
+    add = ActivationVector("residual_vector", dict(rv.tensors), rv.metadata | {"mode": mode})
     name = ad.layer_name(add.layer)
     enc = tok(PROMPTS[:1], return_tensors="pt")
     outs = []
@@ -298,3 +333,11 @@ def test_residual_add_mode_adds(fv_and_rv) -> None:
                     model(**enc)
         outs.append(save[name][0])
     torch.testing.assert_close(outs[1] - outs[0], 0.5 * add.vector[None], atol=1e-5, rtol=1e-5)
+
+
+def test_residual_unknown_mode_in_file_is_refused(fv_and_rv) -> None:
+    _, rv = fv_and_rv
+    model, _ = _tiny("llama")
+    odd = ActivationVector("residual_vector", dict(rv.tensors), rv.metadata | {"mode": "mix"})
+    with pytest.raises(UserInputError, match="mode 'mix'"):
+        odd.intervention(model)

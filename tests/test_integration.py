@@ -53,3 +53,19 @@ def test_real_apply_remove_round_trip_and_prediction_change(embedded):
     assert float((l1 - l0).abs().max()) > 1e-3
     assert float((l2 - l0).abs().max()) <= 1e-3
     assert max(float((params[n] - before[n]).abs().max()) for n in names) <= 1e-6
+
+
+def test_real_residual_diff_vector_lifts_zero_shot(embedded):
+    """ICL residual vector (diff mode) on the real model: injected into zero-shot prompts it must
+    lift first-token accuracy well above zero-shot (measured: 0.00 -> 0.76 on the 41 test
+    examples at layer 20, x1, from 20 prompts)."""
+    from taskvec.activations import compare, extract_residual_vector
+    from taskvec.tasks import get_task
+
+    model, tok = embedded
+    task = get_task("singular-plural")
+    rv = extract_residual_vector(model, tok, task, n_prompts=20, layer=20, scales=[1.0])
+    assert rv.metadata["mode"] == "diff" and rv.layer == 20 and rv.scale == 1.0
+    rows = compare(model, tok, task, [rv], split="test", shots=0)
+    zero, vec = rows[0]["accuracy"], rows[1]["accuracy"]
+    assert zero <= 0.05 and vec >= 0.5, rows

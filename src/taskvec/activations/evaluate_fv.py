@@ -136,6 +136,8 @@ def compare(
                     "layer": av.layer if layer is None else layer,
                     "scale": av.scale if scale is None else scale,
                 }
+                if av.kind == "residual_vector":
+                    row["mode"] = av.metadata.get("mode", "replace")
                 if scale is not None or layer is not None:
                     row["method"] = f"{av.kind.replace('_', ' ')} (layer {row['layer']}, x{row['scale']:g})"
             res = accuracy(

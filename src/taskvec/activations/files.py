@@ -4,12 +4,15 @@ An :class:`ActivationVector` is one of three kinds:
 
 - ``function_vector``: ``vector`` (hidden,) added to the residual stream after ``layer``
   (Todd et al.); the file also keeps ``head_means`` (L, H, D) and ``ie_scores`` (L, H).
-- ``residual_vector``: ``vector`` (hidden,) that replaces (``mode="replace"``) or is added to
-  (``mode="add"``) the residual stream after ``layer`` (Hendel et al.); optionally
-  ``layer_means`` (L, hidden), the mean residual after every layer.
+- ``residual_vector``: ``vector`` (hidden,) that replaces (``mode="replace"``) or is added
+  ``scale`` times to (``mode="add"``; ``mode="diff"``, where ``vector`` is the ICL mean minus
+  the zero-shot mean) the residual stream after ``layer`` (Hendel et al.); optionally
+  ``layer_means`` (L, hidden), the mean residual after every layer, and for ``diff``
+  ``zero_shot_means`` (L, hidden).
 - ``head_means``: ``head_means`` (L, H, D) only (not injectable).
 
-File layout: tensors by name (``vector``, ``head_means``, ``ie_scores``, ``layer_means``);
+File layout: tensors by name (``vector``, ``head_means``, ``ie_scores``, ``layer_means``,
+``zero_shot_means``);
 metadata strings: ``taskvec_kind`` (the kind), ``format_version`` ("1"), ``model``,
 ``model_fingerprint``, ``task``, ``layer``, ``heads`` (JSON list of [layer, head]),
 ``positions`` ("last", "last+generated", ...), ``method``, ``mode``, ``shots``, ``n_prompts``,
@@ -193,8 +196,14 @@ def _residual_intervention(
     av: ActivationVector, model: nn.Module, scale: float, layer: int, positions: Positions
 ) -> Intervention:
     target = _residual_target(model, scale, layer)
-    if av.metadata.get("mode", "replace") == "add":
+    mode = av.metadata.get("mode", "replace")
+    if mode in ("add", "diff"):
         return Intervention(model, target, AddHook(av.vector, positions=positions, scale=scale))
+    if mode != "replace":
+        raise UserInputError(
+            f"this residual vector has mode {mode!r}; known: diff, replace, add. Re-extract it "
+            "with `taskvec residual extract`."
+        )
     return Intervention(model, target, ReplaceHook(av.vector * scale, positions=positions))
 
 

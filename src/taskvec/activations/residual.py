@@ -1,15 +1,25 @@
 """ICL task vectors in the residual stream (Hendel et al. 2023, "In-context learning creates task
 vectors").
 
-The residual stream after layer l (the output of ``adapter.residual_module(l)``) at the last
-token of k-shot prompts, averaged over N prompts, is the task vector ``theta_l`` (hidden,). On a
-zero-shot query it REPLACES the query's residual after layer l at the last token (``mode=
-"replace"``, the paper's patching) or is added to it (``mode="add"``). The layer is chosen by a
-sweep on the validation split. All layers' means come from one pass over the prompts.
+``theta_l`` (hidden,) is the residual stream after layer l (the output of
+``adapter.residual_module(l)``) at the last token of k-shot prompts, averaged over N prompts.
+Three ways to put it into a zero-shot query's residual after layer l at the last token:
+
+- ``"diff"`` (default): ADD ``scale * (theta_l - mu_l)``, where ``mu_l`` is the mean last-token
+  residual of the SAME queries asked zero-shot. The difference carries what the demonstrations
+  add and keeps the query's own content (a mean-difference steering vector, cf. Liu et al. 2023,
+  "In-context vectors"). Measured best on the validation split of all six ICL tasks on the
+  embedded model (docs/results.md).
+- ``"replace"``: REPLACE the residual by ``theta_l`` (the paper's patching).
+- ``"add"``: ADD ``scale * theta_l``.
+
+The layer (and for diff/add the scale) is chosen by a grid sweep on the validation split. All
+layers' means come from one pass over the prompts (and one over the zero-shot queries).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -27,9 +37,10 @@ from taskvec.activations.hooks import Positions, SaveOutputsHook
 from taskvec.errors import UserInputError
 from taskvec.models.adapter import get_adapter
 
-__all__ = ["MODES", "extract_residual_vector", "residual_means"]
+__all__ = ["DEFAULT_SCALES", "MODES", "extract_residual_vector", "residual_means"]
 
-MODES = ("replace", "add")
+MODES = ("diff", "replace", "add")
+DEFAULT_SCALES = {"diff": (1.0, 2.0, 3.0), "add": (1.0,), "replace": (1.0,)}
 
 
 def residual_means(
@@ -44,19 +55,28 @@ def residual_means(
 ) -> tuple[torch.Tensor, float, int]:
     """Mean residual after every layer at the last token of k-shot train prompts.
 
-    Returns ``(means (L, hidden) float32, ICL first-token accuracy, number of prompts)``.
+    ``shots=0`` gives the zero-shot means of the same queries (the ``diff`` baseline).
+    Returns ``(means (L, hidden) float32, first-token accuracy, number of prompts)``.
     """
-    if shots < 1:
-        raise UserInputError(f"--shots must be >= 1 for an ICL task vector, got {shots}.")
+    if shots < 0:
+        raise UserInputError(f"--shots must be >= 0, got {shots}.")
     ad = get_adapter(model)
     ps = icl_prompt_set(task, tok, n_prompts, shots, seed, salt="residual")
     targets = residual_targets(ad)
     hook = SaveOutputsHook(positions=Positions.LAST)
-    with progress_bar(len(ps.prompts), "residual means", progress) as upd:
+    desc = "residual means" if shots else "zero-shot means"
+    with progress_bar(len(ps.prompts), desc, progress) as upd:
         acts, preds = collect_last_token(model, tok, ps.prompts, targets, hook, batch_size, upd)
     means = torch.stack([acts[name].mean(0) for name in targets])  # (L, hidden)
-    icl_acc = float((preds == torch.tensor(ps.targets)).float().mean())
-    return means, icl_acc, len(ps.prompts)
+    acc = float((preds == torch.tensor(ps.targets)).float().mean())
+    return means, acc, len(ps.prompts)
+
+
+def _vector(tensors: dict[str, torch.Tensor], mode: str, layer: int) -> torch.Tensor:
+    v = tensors["layer_means"][layer]
+    if mode == "diff":
+        v = v - tensors["zero_shot_means"][layer]
+    return v.clone()
 
 
 def extract_residual_vector(
@@ -66,13 +86,18 @@ def extract_residual_vector(
     shots: int = 10,
     n_prompts: int = 100,
     layer: int | str = "auto",
-    mode: str = "replace",
+    mode: str = "diff",
     sweep_limit: int | None = None,
     seed: int = 0,
     batch_size: int = 16,
     progress: bool = False,
+    scales: Sequence[float] | None = None,
 ) -> ActivationVector:
-    """Mean last-token residuals of k-shot prompts; layer chosen on validation when ``"auto"``."""
+    """Mean last-token residuals of k-shot prompts (minus the zero-shot means for ``diff``).
+
+    The layer (``"auto"``) and the scale (when several ``scales``; default
+    ``DEFAULT_SCALES[mode]``) are chosen jointly on the validation split.
+    """
     from taskvec.models.fingerprint import fingerprint
     from taskvec.models.loading import model_name
 
@@ -81,25 +106,36 @@ def extract_residual_vector(
         from taskvec.errors import unknown_name
 
         raise unknown_name("residual mode", mode, MODES)
+    if shots < 1:
+        raise UserInputError(f"--shots must be >= 1 for an ICL task vector, got {shots}.")
     if layer != "auto" and not (isinstance(layer, int) and 0 <= layer < ad.n_layers):
         raise UserInputError(f"--layer must be auto or 0..{ad.n_layers - 1}, got {layer}.")
+    scales = [float(s) for s in (scales if scales is not None else DEFAULT_SCALES[mode])]
+    if not scales:
+        raise UserInputError("--scales needs at least one number, e.g. --scales 1,2,3.")
     split = sweep_split(task)
     examples = load_examples(task, split, sweep_limit)
     means, icl_acc, n = residual_means(model, tok, task, n_prompts, shots, seed, batch_size, progress)
+    tensors = {"layer_means": means}
+    if mode == "diff":
+        tensors["zero_shot_means"] = residual_means(
+            model, tok, task, n_prompts, 0, seed, batch_size, progress
+        )[0]
+    layers = list(range(ad.n_layers)) if layer == "auto" else [int(layer)]
     av = ActivationVector(
         "residual_vector",
-        {"vector": means[0 if layer == "auto" else int(layer)].clone(), "layer_means": means},
+        {"vector": _vector(tensors, mode, layers[0])} | tensors,
         {
             "model": model_name(model),
             "model_fingerprint": fingerprint(model),
             "task": task.name,
-            "layer": 0 if layer == "auto" else int(layer),
+            "layer": layers[0],
             "positions": "last",
             "method": "icl_task_vector",
             "mode": mode,
             "shots": shots,
             "n_prompts": n,
-            "scale": 1.0,
+            "scale": scales[0],
             "seed": seed,
         },
     )
@@ -108,19 +144,27 @@ def extract_residual_vector(
     extra["zero_shot_accuracy"] = accuracy(
         model, tok, task, examples, batch_size=batch_size, split=split
     ).accuracy
-    if layer == "auto":
+    if len(layers) > 1 or len(scales) > 1:
 
-        def make(li: int):
-            av.tensors["vector"] = means[li]
-            return av.intervention(model, layer=li)
+        def make(cfg: tuple[int, float]):
+            li, s = cfg
+            av.tensors["vector"] = _vector(tensors, mode, li)
+            return av.intervention(model, scale=s, layer=li)
 
-        by_layer = sweep(
-            model, tok, task, examples, make, list(range(ad.n_layers)), batch_size, split,
-            progress, "residual layer sweep",
+        grid = [(li, s) for li in layers for s in scales]
+        by_cfg = sweep(
+            model, tok, task, examples, make, grid, batch_size, split, progress,
+            "residual layer x scale sweep" if len(scales) > 1 else "residual layer sweep",
         )
-        chosen = best(by_layer)
-        av.metadata["layer"] = chosen
-        av.tensors["vector"] = means[chosen].clone()
-        extra["layer_accuracy"] = {str(k): v for k, v in by_layer.items()}
+        chosen_layer, chosen_scale = best(by_cfg)
+        av.metadata["layer"], av.metadata["scale"] = chosen_layer, chosen_scale
+        av.tensors["vector"] = _vector(tensors, mode, chosen_layer)
+        if len(layers) > 1:  # per layer: the best scale's accuracy (what the layer plot shows)
+            extra["layer_accuracy"] = {
+                str(li): max(by_cfg[(li, s)] for s in scales) for li in layers
+            }
+        if len(scales) > 1:
+            extra["scale_accuracy"] = {f"{s:g}": by_cfg[(chosen_layer, s)] for s in scales}
+            extra["grid_accuracy"] = {f"{li}:{s:g}": a for (li, s), a in by_cfg.items()}
     av.metadata["extra"] = extra
     return av

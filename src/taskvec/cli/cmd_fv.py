@@ -3,7 +3,8 @@
 ``fv extract`` computes per-head means on k-shot train prompts, scans the heads' indirect effect
 on shuffled-label prompts, sums the top-k heads into a function vector, picks the layer (and
 scale) on the validation split and saves a ``.safetensors`` file. ``residual extract`` saves the
-mean last-token residual of k-shot prompts at the best layer. ``eval`` (either group; it takes
+mean last-token residual of k-shot prompts (by default minus the zero-shot mean of the same
+queries) at the best layer and scale. ``eval`` (either group; it takes
 both kinds of file) prints zero-shot / k-shot / shuffled-label / vector accuracy on the test split.
 """
 
@@ -91,7 +92,10 @@ def register(sub: Any) -> None:
     rsub = res.add_subparsers(dest="residual_command", metavar="ACTION")
     p = new_command(rsub, "extract", "extract a residual-stream ICL task vector (layer sweep)")
     _common_extract(p)
-    p.add_argument("--mode", default="replace", help="replace (default) or add")
+    p.add_argument("--mode", default="diff",
+                   help="diff (default: add ICL mean minus zero-shot mean), replace (Hendel et al.) or add")
+    p.add_argument("--scales", default=None,
+                   help="comma-separated scales swept jointly with the layer (default: 1,2,3 for diff, 1 otherwise)")
     p.set_defaults(func=run_residual_extract)
     _add_eval(rsub, "a residual vector")
 
@@ -121,6 +125,16 @@ def _check_common(args: argparse.Namespace) -> tuple[Any, Path]:
     return task, out
 
 
+def _parse_scales(text: str) -> list[float]:
+    try:
+        scales = [float(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UserInputError(f"--scales must be comma-separated numbers, got {text!r}.") from None
+    if not scales or not all(math.isfinite(s) for s in scales):
+        raise UserInputError(f"--scales must be finite numbers, got {text!r}.")
+    return scales
+
+
 def _check_layer(model: Any, layer: Any) -> None:
     from taskvec.models import get_adapter
 
@@ -138,6 +152,8 @@ def _plot_layers(av: Any, path: str, title: str) -> str:
         raise UserInputError("--plot-layers needs --layer auto (there was no layer sweep).")
     xs = [int(k) for k in by_layer]
     name = "function vector" if av.kind == "function_vector" else f"residual ({av.metadata.get('mode')})"
+    if len(extra.get("grid_accuracy", {})) > len(by_layer):
+        name += ", best scale per layer"
     series = {name: list(by_layer.values()), "zero-shot": [extra.get("zero_shot_accuracy", 0.0)] * len(xs)}
     line_plot_png(xs, series, Path(path), title=title, xlabel="layer", ylabel="validation accuracy")
     return path
@@ -215,12 +231,7 @@ def run_fv_extract(args: argparse.Namespace) -> int:
     heads = parse_heads(args.heads) if args.heads else None
     if heads and args.plot_ie:
         raise UserInputError("--plot-ie needs the IE scan: drop --heads.")
-    try:
-        scales = [float(s) for s in args.scales.split(",") if s.strip()]
-    except ValueError:
-        raise UserInputError(f"--scales must be comma-separated numbers, got {args.scales!r}.") from None
-    if not scales or not all(math.isfinite(s) for s in scales):
-        raise UserInputError(f"--scales must be finite numbers, got {args.scales!r}.")
+    scales = _parse_scales(args.scales)
     positions = positions_from_str(args.positions)
     from taskvec.models import load_model
 
@@ -260,6 +271,7 @@ def run_residual_extract(args: argparse.Namespace) -> int:
         from taskvec.errors import unknown_name
 
         raise unknown_name("residual mode", args.mode, MODES)
+    scales = None if args.scales is None else _parse_scales(args.scales)
     from taskvec.models import load_model
 
     model, tok = load_model(args.model, dtype=args.dtype, device=args.device)
@@ -267,7 +279,7 @@ def run_residual_extract(args: argparse.Namespace) -> int:
     av = extract_residual_vector(
         model, tok, task, shots=args.shots, n_prompts=args.n_prompts, layer=args.layer,
         mode=args.mode, sweep_limit=args.sweep_limit, seed=args.seed, batch_size=args.batch_size,
-        progress=show_progress(args),
+        progress=show_progress(args), scales=scales,
     )
     if not dist.is_main():  # under torchrun only rank 0 writes and prints
         return 0
