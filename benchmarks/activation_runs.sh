@@ -1,12 +1,17 @@
 #!/bin/bash
-# Residual (diff and replace) vectors at the default settings on the 6 ICL tasks, evaluated next to
-# zero-shot, 10-shot ICL, shuffled-label ICL (and a function vector if FV_DIR has one) on at most
-# 200 held-out test examples; then the table of docs/results.md.
-# Usage: bash benchmarks/activation_runs.sh [OUT=runs/rv_diff] [FV_DIR=runs/fv]
+# Function vectors and residual (diff and replace) vectors at the default settings on the 6 ICL
+# tasks, evaluated next to zero-shot, 10-shot ICL and shuffled-label ICL on at most 200 held-out
+# test examples; then the table of docs/results.md.
+# Usage: bash benchmarks/activation_runs.sh [OUT=runs/activations]
 set -euo pipefail
-OUT=${1:-runs/rv_diff}; FV=${2:-runs/fv}
+OUT=${1:-runs/activations}
 mkdir -p "$OUT"
 for t in antonym capitalize country-capital english-french present-past singular-plural; do
+  if [ ! -f "$OUT/$t-fv.safetensors" ]; then
+    /usr/bin/time -f "%e s" -o "$OUT/$t-fv.time" \
+      taskvec fv extract --task "$t" --out "$OUT/$t-fv.safetensors" --plot-ie "$OUT/$t-ie.png" \
+      --plot-layers "$OUT/$t-fv-layers.png" --no-progress --json > "$OUT/$t-fv.json"
+  fi
   for mode in diff replace; do
     if [ ! -f "$OUT/$t-$mode.safetensors" ]; then
       /usr/bin/time -f "%e s" -o "$OUT/$t-$mode.time" \
@@ -14,8 +19,7 @@ for t in antonym capitalize country-capital english-french present-past singular
         --plot-layers "$OUT/$t-$mode-layers.png" --no-progress --json > "$OUT/$t-$mode.json"
     fi
   done
-  vecs=("$OUT/$t-diff.safetensors" "$OUT/$t-replace.safetensors")
-  [ -f "$FV/$t-fv.safetensors" ] && vecs+=("$FV/$t-fv.safetensors")
+  vecs=("$OUT/$t-diff.safetensors" "$OUT/$t-replace.safetensors" "$OUT/$t-fv.safetensors")
   if [ ! -f "$OUT/$t-eval.json" ]; then
     taskvec residual eval --vector "${vecs[@]}" --task "$t" --limit 200 --no-progress --json \
       > "$OUT/$t-eval.json.tmp" && mv "$OUT/$t-eval.json.tmp" "$OUT/$t-eval.json"

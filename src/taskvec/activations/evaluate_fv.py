@@ -20,7 +20,7 @@ from taskvec.activations.hooks import Intervention
 from taskvec.errors import UserInputError
 from taskvec.eval.harness import EvalResult, evaluate
 
-__all__ = ["accuracy", "compare", "load_examples", "sweep"]
+__all__ = ["accuracy", "compare", "grid_sweep", "load_examples", "sweep"]
 
 
 def sweep_split(task: Any) -> str:
@@ -86,6 +86,40 @@ def sweep(
             if upd:
                 upd(1)
     return out
+
+
+def grid_sweep(
+    model: nn.Module,
+    tok: Any,
+    task: Any,
+    examples: Sequence[dict],
+    make: Callable[[int, float], Intervention],
+    layers: Sequence[int],
+    scales: Sequence[float],
+    batch_size: int = 16,
+    split: str = "validation",
+    progress: bool = False,
+    desc: str = "sweep",
+) -> tuple[int, float, dict[str, Any]]:
+    """Choose ``(layer, scale)`` jointly: zero-shot accuracy with ``make(layer, scale)`` applied
+    at every grid point. Returns ``(layer, scale, extra)``; ``extra`` has ``grid_accuracy``
+    ({"L:S": acc}), ``layer_accuracy`` (best scale per layer) and ``scale_accuracy`` (at the
+    chosen layer), each only when that axis has more than one value."""
+    grid = [(li, float(s)) for li in layers for s in scales]
+    if len(grid) == 1:
+        return grid[0][0], grid[0][1], {}
+    by_cfg = sweep(
+        model, tok, task, examples, lambda cfg: make(*cfg), grid, batch_size, split, progress,
+        f"{desc} layer x scale sweep" if len(scales) > 1 else f"{desc} layer sweep",
+    )
+    layer, scale = best(by_cfg)
+    extra: dict[str, Any] = {}
+    if len(layers) > 1:
+        extra["layer_accuracy"] = {str(li): max(by_cfg[(li, float(s))] for s in scales) for li in layers}
+    if len(scales) > 1:
+        extra["scale_accuracy"] = {f"{s:g}": by_cfg[(layer, float(s))] for s in scales}
+        extra["grid_accuracy"] = {f"{li}:{s:g}": a for (li, s), a in by_cfg.items()}
+    return layer, scale, extra
 
 
 def best(scores: dict[Any, float]) -> Any:

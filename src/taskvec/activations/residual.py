@@ -31,7 +31,7 @@ from taskvec.activations.common import (
     progress_bar,
     residual_targets,
 )
-from taskvec.activations.evaluate_fv import accuracy, best, load_examples, sweep, sweep_split
+from taskvec.activations.evaluate_fv import accuracy, grid_sweep, load_examples, sweep_split
 from taskvec.activations.files import ActivationVector
 from taskvec.activations.hooks import Positions, SaveOutputsHook
 from taskvec.errors import UserInputError
@@ -144,27 +144,16 @@ def extract_residual_vector(
     extra["zero_shot_accuracy"] = accuracy(
         model, tok, task, examples, batch_size=batch_size, split=split
     ).accuracy
-    if len(layers) > 1 or len(scales) > 1:
 
-        def make(cfg: tuple[int, float]):
-            li, s = cfg
-            av.tensors["vector"] = _vector(tensors, mode, li)
-            return av.intervention(model, scale=s, layer=li)
+    def make(li: int, s: float):
+        av.tensors["vector"] = _vector(tensors, mode, li)
+        return av.intervention(model, scale=s, layer=li)
 
-        grid = [(li, s) for li in layers for s in scales]
-        by_cfg = sweep(
-            model, tok, task, examples, make, grid, batch_size, split, progress,
-            "residual layer x scale sweep" if len(scales) > 1 else "residual layer sweep",
-        )
-        chosen_layer, chosen_scale = best(by_cfg)
-        av.metadata["layer"], av.metadata["scale"] = chosen_layer, chosen_scale
-        av.tensors["vector"] = _vector(tensors, mode, chosen_layer)
-        if len(layers) > 1:  # per layer: the best scale's accuracy (what the layer plot shows)
-            extra["layer_accuracy"] = {
-                str(li): max(by_cfg[(li, s)] for s in scales) for li in layers
-            }
-        if len(scales) > 1:
-            extra["scale_accuracy"] = {f"{s:g}": by_cfg[(chosen_layer, s)] for s in scales}
-            extra["grid_accuracy"] = {f"{li}:{s:g}": a for (li, s), a in by_cfg.items()}
+    chosen_layer, chosen_scale, found = grid_sweep(
+        model, tok, task, examples, make, layers, scales, batch_size, split, progress, "residual"
+    )
+    av.metadata["layer"], av.metadata["scale"] = chosen_layer, chosen_scale
+    av.tensors["vector"] = _vector(tensors, mode, chosen_layer)
+    extra |= found
     av.metadata["extra"] = extra
     return av

@@ -73,7 +73,8 @@ def register(sub: Any) -> None:
     p.add_argument("--ie-method", default="cached", help="cached (default), batched or naive")
     p.add_argument("--ie-batch-size", type=int, default=64, help="patched heads per forward pass")
     p.add_argument("--heads", default=None, help="use these heads (LAYER:HEAD,...) instead of the IE scan")
-    p.add_argument("--scales", default="1", help="comma-separated scales to sweep at the chosen layer")
+    p.add_argument("--scales", default="1,2,4",
+                   help="comma-separated scales swept jointly with the layer (default 1,2,4)")
     p.add_argument("--positions", default="last", help="last (default) or last+generated")
     p.add_argument("--correct-only", action="store_true", help="average only prompts answered correctly")
     p.add_argument("--plot-ie", default=None, help="write the layer x head IE heatmap (PNG or .html)")
