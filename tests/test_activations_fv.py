@@ -341,3 +341,10 @@ def test_residual_unknown_mode_in_file_is_refused(fv_and_rv) -> None:
     odd = ActivationVector("residual_vector", dict(rv.tensors), rv.metadata | {"mode": "mix"})
     with pytest.raises(UserInputError, match="mode 'mix'"):
         odd.intervention(model)
+
+
+def test_residual_bad_scales_refused_before_any_work(task) -> None:
+    model, tok = _tiny("llama")
+    for bad in ([], [float("nan")]):
+        with pytest.raises(UserInputError, match="--scales"):
+            extract_residual_vector(model, tok, task, shots=2, n_prompts=2, scales=bad)

@@ -19,6 +19,7 @@ layers' means come from one pass over the prompts (and one over the zero-shot qu
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -111,8 +112,8 @@ def extract_residual_vector(
     if layer != "auto" and not (isinstance(layer, int) and 0 <= layer < ad.n_layers):
         raise UserInputError(f"--layer must be auto or 0..{ad.n_layers - 1}, got {layer}.")
     scales = [float(s) for s in (scales if scales is not None else DEFAULT_SCALES[mode])]
-    if not scales:
-        raise UserInputError("--scales needs at least one number, e.g. --scales 1,2,3.")
+    if not scales or not all(math.isfinite(s) for s in scales):
+        raise UserInputError(f"--scales needs finite numbers, e.g. --scales 1,2,3; got {scales}.")
     split = sweep_split(task)
     examples = load_examples(task, split, sweep_limit)
     means, icl_acc, n = residual_means(model, tok, task, n_prompts, shots, seed, batch_size, progress)
