@@ -108,8 +108,8 @@ def extract_function_vector(
     """Head means -> IE scan -> top-k heads -> FV -> layer (and scale) sweep on validation.
 
     ``heads`` skips the IE scan. The layer (``"auto"``: every layer) and the scale (from
-    ``scales``) are chosen jointly on the validation split (a layer x scale grid). Returns a ``function_vector``
-    :class:`ActivationVector` with the head means, IE scores and sweep results.
+    ``scales``) are chosen jointly on the validation split (a layer x scale grid). Returns a
+    ``function_vector`` :class:`ActivationVector` with the head means, IE scores and sweeps.
     """
     from taskvec.models.fingerprint import fingerprint
     from taskvec.models.loading import model_name
