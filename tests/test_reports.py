@@ -68,3 +68,26 @@ def test_basis_report_on_tiny_collection(collection, capsys):
     assert rep["denominators"].keys() == {"sst2", "trec", "cola", "rte"}
     assert not list((collection / "basis_report" / "bases").glob("*.safetensors"))  # deleted after use
     assert "kept of full collection" in capsys.readouterr().out
+
+
+def test_activation_table_goal_numbers(tmp_path, capsys, monkeypatch):
+    """activation_table.py: per-task rows, the mean row and the two goal numbers, by hand."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    sys.modules.pop("activation_table", None)
+    at = importlib.import_module("activation_table")
+    paths = []
+    for task, zero, icl, diff in (("a", 0.0, 0.5, 0.4), ("b", 0.1, 0.7, 0.5)):
+        rows = [{"method": "zero-shot", "accuracy": zero, "n": 10},
+                {"method": "10-shot ICL", "accuracy": icl, "n": 10},
+                {"method": "10-shot shuffled labels", "accuracy": 0.2, "n": 10},
+                {"method": "residual vector (layer 3, diff, x2)", "kind": "residual_vector",
+                 "mode": "diff", "layer": 3, "scale": 2.0, "accuracy": diff, "n": 10}]
+        p = tmp_path / f"{task}.json"
+        p.write_text(json.dumps({"task": task, "rows": rows}))
+        paths.append(str(p))
+    at.main(paths)
+    out = capsys.readouterr().out
+    assert "| a | 10 | 0.000 | 0.500 | 0.200 | 0.400 (L3 x2) |" in out
+    assert "| **mean** | | **0.050** | **0.600** | **0.200** | **0.450** |" in out
+    # lift 0.45 - 0.05 = +40.0 points; 0.45 / 0.60 = 75.0% of ICL
+    assert "residual (diff): lifts zero-shot by +40.0 points; 75.0% of 10-shot ICL" in out
