@@ -176,7 +176,9 @@ def _report(av: Any, out: Path, args: argparse.Namespace, plots: dict[str, str])
         rows = [[li, h, scores[i] if scores else None] for i, (li, h) in enumerate(av.heads)]
         print_table(rows, ["layer", "head", "indirect effect"], title="\nheads:")
     if by_layer:
-        print_table([[k, v] for k, v in by_layer.items()], ["layer", "val accuracy"], title="\nlayer sweep:")
+        per = " (best scale per layer)" if extra.get("grid_accuracy") else ""
+        print_table([[k, v] for k, v in by_layer.items()], ["layer", "val accuracy"],
+                    title=f"\nlayer sweep{per}:")
     by_scale = extra.get("scale_accuracy", {})
     if by_scale:
         print_table([[k, v] for k, v in by_scale.items()], ["scale", "val accuracy"],
