@@ -20,9 +20,10 @@ versions): both are handled, and an edit returns the same structure.
 - ``None``: every token of every call, prefill or decode.
 
 **Prefill vs decode.** :class:`Intervention` adds a forward pre-hook on the *model* that looks
-at the ``past_key_values`` it is called with: none, or an empty cache, means a prefill call (a
-plain forward, or the first step of ``generate``); a cache that already holds tokens means a
-decode step. It sets ``hook.phase`` (``"prefill"`` / ``"decode"``) and ``hook.step`` (0 at the
+at what the model receives (:func:`taskvec.models.kv_cache.past_length`: a cache object under
+whatever argument name the transformers release uses, a legacy tuple cache, or
+``cache_position``): no cache, or an empty one, means a prefill call (a plain forward, or the
+first step of ``generate``); a cache that already holds tokens means a decode step. It sets ``hook.phase`` (``"prefill"`` / ``"decode"``) and ``hook.step`` (0 at the
 prefill, then 1, 2, ...) before any module hook runs. Without a model (``model=None``) every
 call counts as a prefill.
 """
@@ -31,7 +32,6 @@ from __future__ import annotations
 
 import enum
 import fnmatch
-import inspect
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -47,6 +47,7 @@ from taskvec.errors import (
     unknown_name,
 )
 from taskvec.models.adapter import output_tensor
+from taskvec.models.kv_cache import past_length
 
 __all__ = [
     "AddHook",
@@ -385,19 +386,6 @@ def resolve_targets(
     return chosen
 
 
-def _cache_len(cache: Any) -> int:
-    """Number of tokens already in a KV cache (a transformers Cache or a legacy tuple)."""
-    if cache is None:
-        return 0
-    get = getattr(cache, "get_seq_length", None)
-    if callable(get):
-        return int(get())
-    try:
-        return int(cache[0][0].shape[-2]) if len(cache) else 0
-    except (TypeError, IndexError, AttributeError):
-        return 0
-
-
 class Intervention:
     """Attach ``hook`` to ``targets`` of ``model`` for the duration of a ``with`` block.
 
@@ -430,14 +418,7 @@ class Intervention:
         return bool(self._handles)
 
     def _on_model_call(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        past = kwargs.get("past_key_values")
-        if past is None and len(args) > 1:  # passed positionally: bind to forward's signature
-            try:
-                bound = inspect.signature(module.forward).bind_partial(*args, **kwargs)
-                past = bound.arguments.get("past_key_values")
-            except (TypeError, ValueError):
-                past = None
-        if _cache_len(past) > 0:
+        if past_length(module.forward, args, kwargs) > 0:
             self.hook.phase = "decode"
             self.hook.step += 1
         else:

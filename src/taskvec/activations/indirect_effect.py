@@ -39,6 +39,7 @@ from taskvec.errors import ShapeMismatchError, UserInputError
 from taskvec.eval.batching import encode, left_pad
 from taskvec.eval.scoring import _supports_logits_to_keep, forward_logits
 from taskvec.models.adapter import ModelAdapter, get_adapter
+from taskvec.models.kv_cache import cache_kwargs, returned_cache
 from taskvec.registry import Registry
 
 __all__ = [
@@ -144,7 +145,7 @@ def _run_cached(model, ad, ids, rows, means, batch_size) -> torch.Tensor:
     n_tok = len(ids)
     prefix = torch.tensor([ids[:-1]], device=dev)  # (1, T-1)
     keep = {"logits_to_keep": 1} if _supports_logits_to_keep(model) else {}
-    cache = model(input_ids=prefix, use_cache=True, **keep).past_key_values
+    cache = returned_cache(model(input_ids=prefix, use_cache=True, **keep))
     if cache is None or not hasattr(cache, "batch_repeat_interleave"):
         return _run_batched(model, ad, ids, rows, means, batch_size)
     out = []
@@ -157,7 +158,7 @@ def _run_cached(model, ad, ids, rows, means, batch_size) -> torch.Tensor:
             "input_ids": torch.full((n_rows, 1), ids[-1], device=dev),  # (R, 1)
             "attention_mask": torch.ones((n_rows, n_tok), dtype=torch.long, device=dev),
             "position_ids": torch.full((n_rows, 1), n_tok - 1, device=dev),
-            "past_key_values": past,
+            **cache_kwargs(model, past),
             "use_cache": True,
             **keep,
         }

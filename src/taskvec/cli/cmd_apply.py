@@ -75,7 +75,7 @@ def register(sub: Any) -> None:
             "The output directory appears only when complete."
         ),
     )
-    p.add_argument("--base", required=True, help="embedded model name (e.g. smollm2-135m) or HF model directory")
+    p.add_argument("--base", "--model", dest="base", required=True, help="embedded model name (e.g. smollm2-135m) or HF model directory")
     p.add_argument("--vector", required=True, help="task vector file (.safetensors from `taskvec extract`, or .pth)")
     p.add_argument("--scale", type=float, default=1.0, help="scaling coefficient lambda (default 1.0; negative subtracts)")
     p.add_argument("--out", required=True, help="output model directory (must not exist unless --overwrite)")

@@ -20,6 +20,8 @@ def register(sub: Any) -> None:
     p.add_argument("--fv-scale", type=float, default=None, help="scale of --fv (default: the file's)")
     p.add_argument("--fv-positions", default=None,
                    help="last or last+generated (default: the file's; function vectors: last)")
+    p.add_argument("--soft", default=None, help="blend heads with this soft task vector (taskvec soft train)")
+    p.add_argument("--soft-positions", default=None, help="last or last+generated (default: the file's)")
     add_json(p)
     p.set_defaults(func=run)
 
@@ -56,16 +58,29 @@ def run(args: argparse.Namespace) -> int:
         fv_scale = fv.scale if args.fv_scale is None else args.fv_scale
         if fv_scale != fv_scale or abs(fv_scale) == float("inf"):
             raise UserInputError(f"--fv-scale must be a finite number, got {fv_scale}.")
+    soft = None
+    if args.soft:
+        from taskvec.activations.hooks import positions_from_str
+        from taskvec.activations.soft_files import load_soft
+
+        if fv is not None:
+            raise UserInputError("pass --fv or --soft, not both.")
+        soft = load_soft(args.soft)
+        soft_positions = positions_from_str(args.soft_positions) if args.soft_positions else None
     model, tok, _ = load_model_with_vector(args)
     ctx: Any = nullcontext()
     if fv is not None:
         fv.check_model(model, force=args.force)
         ctx = fv.intervention(model, scale=fv_scale, positions=positions)
+    elif soft is not None:
+        soft.check_model(model, force=args.force)
+        ctx = soft.intervention(model, positions=soft_positions)
     with ctx:
         text = greedy_generate(model, tok, [prompt], max_new_tokens=args.max_new_tokens, batch_size=1)[0]
     if args.json:
         print_json({"prompt": prompt, "completion": text, "vector": args.vector, "scale": args.scale,
-                    "fv": args.fv, "fv_scale": fv_scale if fv is not None else None})
+                    "fv": args.fv, "fv_scale": fv_scale if fv is not None else None,
+                    "soft": args.soft})
     else:
         print(prompt + text)
     return 0

@@ -14,7 +14,7 @@ from taskvec.errors import MissingFileError, UserInputError
 
 def register(sub: Any) -> None:
     p = new_command(sub, "extract", "extract a task vector: finetuned - base")
-    p.add_argument("--base", default="smollm2-135m", help="base model (name or HF directory)")
+    p.add_argument("--base", "--model", dest="base", default="smollm2-135m", help="base model (name or HF directory)")
     p.add_argument("--finetuned", required=True,
                    help="a `taskvec finetune` output dir, a PEFT adapter dir, or a fine-tuned HF model dir")
     p.add_argument("--out", required=True, help="output .safetensors (or .pth for a plain dense state dict)")
@@ -34,7 +34,7 @@ def register(sub: Any) -> None:
     p.add_argument("vector", help="task vector file")
     p.add_argument("--out", required=True, help="output adapter directory")
     p.add_argument("--rank", type=int, default=None, help="SVD rank for dense deltas (low-rank ones stay exact)")
-    p.add_argument("--base", default=None, help="base model to record in adapter_config.json")
+    p.add_argument("--base", "--model", dest="base", default=None, help="base model to record in adapter_config.json")
     p.add_argument("--overwrite", action="store_true")
     add_json(p)
     p.set_defaults(func=run_export)

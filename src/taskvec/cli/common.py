@@ -78,9 +78,19 @@ def print_table(rows: Sequence[Sequence[Any]], headers: Sequence[str], title: st
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
 
 
+def _plain(text: str) -> str:
+    """``text`` with ``%`` escaped for argparse (a ``%(prog)s``-style directive is kept)."""
+    return text if "%(" in text else text.replace("%", "%%")
+
+
 def new_command(sub: Any, name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
-    """Add a subcommand parser that also accepts --debug after the command name."""
-    p = sub.add_parser(name, help=help, description=description or help)
+    """Add a subcommand parser that also accepts --debug after the command name.
+
+    ``help`` and ``description`` are plain text: a ``%`` in them is escaped here, since argparse
+    would read it as a format directive and fail on ``--help``.
+    """
+    help, description = _plain(help), _plain(description or help)
+    p = sub.add_parser(name, help=help, description=description)
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
     return p
 
@@ -141,3 +151,32 @@ def write_head_heatmap(values: Any, path: str, title: str, cbar: str) -> str:
 
     heatmap_png(values, ylabels, xlabels, Path(path), title=title, ylabel="layer", xlabel="head", cbar=cbar)
     return path
+
+
+#: the flags every command accepts, with one meaning (see the README's CLI conventions)
+COMMON_FLAGS: dict[str, dict[str, Any]] = {
+    "--json": {"action": "store_true", "help": "print machine-readable JSON"},
+    "--no-progress": {"action": "store_true", "help": "hide progress bars"},
+    "--debug": {"action": "store_true", "default": argparse.SUPPRESS, "help": "show full tracebacks"},
+    "--model": {"default": DEFAULT_MODEL, "help": "the model (this command reads none: ignored)"},
+    "--seed": {"type": int, "default": 0, "help": "random seed (this command draws none: ignored)"},
+}
+
+
+def add_common_flags(parser: argparse.ArgumentParser) -> None:
+    """Give every command (leaf parser) of ``parser``'s tree the :data:`COMMON_FLAGS` it lacks.
+
+    A command that uses a flag defines it itself; the ones added here are accepted so that a
+    script can pass the same flags to any command. Command groups get none (they print help).
+    """
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        have = {o for a in parser._actions for o in a.option_strings}
+        for flag, spec in COMMON_FLAGS.items():
+            if flag not in have:
+                parser.add_argument(flag, **spec)
+        return
+    for action in subs:
+        for child in dict.fromkeys(action.choices.values()):
+            add_common_flags(child)
+

@@ -9,6 +9,7 @@ import traceback
 from collections.abc import Sequence
 
 from taskvec import __version__
+from taskvec.cli.common import add_common_flags
 from taskvec.errors import TaskVecError
 
 # Each module has register(subparsers) that adds its parser(s) with set_defaults(func=run).
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     for mod_name in SUBCOMMAND_MODULES:
         importlib.import_module(mod_name).register(sub)
+    add_common_flags(parser)  # every command takes --json, --no-progress, --debug, --model, --seed
     return parser
 
 
