@@ -29,11 +29,12 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from taskvec.eval import evaluate
-from taskvec.weights.finetune import DEFAULT_TARGETS, finetune
+from taskvec.weights.finetune import DEFAULT_TARGETS, finetune, unload_adapters
 
 ALL_TASKS = ("sst2", "mnli", "qnli", "qqp", "rte", "mrpc", "cola", "trec", "ag_news")
 Log = Callable[[str], None]
@@ -119,7 +120,7 @@ def build_task(model: Any, tok: Any, name: str, out: Path, recipe: dict[str, Any
         from peft import PeftModel
 
         ft_model = PeftModel.from_pretrained(model, str(run_dir / "adapter"))
-        unload = ft_model.unload
+        unload = partial(unload_adapters, ft_model)
         train_seconds = (read_json(run_dir / "recipe.json") or {}).get("seconds")
     else:
         resuming = (run_dir / "checkpoints").exists()

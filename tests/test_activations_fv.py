@@ -32,6 +32,7 @@ from taskvec.errors import (
 from taskvec.models import TINY_ARCHS, get_adapter, tiny_model
 from taskvec.models.adapter import position_ids
 from taskvec.tasks import get_task
+from tolerance import assert_forward_close, matmul_atol, ulp
 
 PROMPTS = ["Q: hot\nA: cold\n\nQ: up\nA:", "Q: big\nA: small\n\nQ: a long one here\nA: x\n\nQ: left\nA:"]
 _MODELS: dict = {}
@@ -76,7 +77,12 @@ def test_fv_of_one_head_is_o_proj_output_difference(tiny) -> None:
         with_mean[:, sl], zeroed[:, sl] = means[layer, head], 0.0
         with torch.no_grad():
             diff = ad.o_proj(layer)(with_mean) - ad.o_proj(layer)(zeroed)  # (B, hidden)
-        assert (diff - fv).abs().max() <= 1e-5
+        # o_proj (a length H*D matmul) on two inputs, and fv a third way: <= 2 x 2 gamma_k |x| |W|
+        # (+ one ulp of each output, for the bias added and cancelled)
+        with torch.no_grad():
+            out_ulp = ulp(ad.o_proj(layer)(with_mean)) + ulp(ad.o_proj(layer)(zeroed))
+        bound = 2 * matmul_atol(with_mean, ad.o_proj_weight(layer).detach().T) + out_ulp  # (B, hidden)
+        assert ((diff - fv).abs() <= bound).all()
         # through the model: patch the head's o_proj input at the last token, save the output
         enc = tok(PROMPTS, return_tensors="pt", padding=True)
         enc["position_ids"] = position_ids(enc["attention_mask"])
@@ -92,7 +98,7 @@ def test_fv_of_one_head_is_o_proj_output_difference(tiny) -> None:
                 with Intervention(model, [name], save):
                     model(**enc)
             outs.append(save[name][0])  # (B, hidden)
-        assert (outs[0] - outs[1] - fv).abs().max() <= 1e-5
+        assert_forward_close(outs[0] - outs[1], fv)  # two forwards, reductions reordered
 
 
 def test_fv_sums_heads_without_bias() -> None:
@@ -138,7 +144,7 @@ def test_head_means_batched_equals_single_prompt_runs(task) -> None:
         for h in handles:
             h.remove()
     ref = ad.split_heads(acc / len(ps.prompts))
-    assert (hm.means - ref).abs().max() <= 1e-5
+    assert_forward_close(hm.means, ref)  # batched vs one prompt at a time
     # every query is a train example and never one of its own demonstrations
     for q, p in zip(ps.queries, ps.prompts):
         assert p.endswith(task.prompt(q)) and p.count(task.prompt(q)) == 1
@@ -225,7 +231,7 @@ def test_residual_diff_is_icl_minus_zero_shot_mean(rv_diff, task) -> None:
               for p in zero.prompts]
     for layer in range(ad.n_layers - 1):  # the last hidden state has the final norm applied
         want = torch.stack([h[layer + 1][0, -1] for h in hs]).mean(0)
-        torch.testing.assert_close(zs[layer], want, atol=1e-5, rtol=1e-4)
+        assert_forward_close(zs[layer], want)  # batched vs one prompt at a time
     extra = rv.metadata["extra"]
     grid = extra["grid_accuracy"]
     assert len(grid) == 3 * ad.n_layers
@@ -332,7 +338,7 @@ def test_residual_add_mode_adds(fv_and_rv, mode) -> None:
                 with iv, Intervention(model, name, save):
                     model(**enc)
         outs.append(save[name][0])
-    torch.testing.assert_close(outs[1] - outs[0], 0.5 * add.vector[None], atol=1e-5, rtol=1e-5)
+    assert_forward_close(outs[1] - outs[0], 0.5 * add.vector[None])  # two forwards
 
 
 def test_residual_unknown_mode_in_file_is_refused(fv_and_rv) -> None:

@@ -19,6 +19,7 @@ from taskvec.activations.hooks import positions_from_str, positions_to_str
 from taskvec.errors import ShapeMismatchError, UnknownNameError
 from taskvec.models import TINY_ARCHS, get_adapter, tiny_model
 from taskvec.models.adapter import position_ids
+from tolerance import assert_forward_close
 
 PROMPTS = ["Q: hot\nA: cold\n\nQ: up\nA:", "Q: big\nA:", "Q: a longer question here\nA:"]
 
@@ -125,8 +126,8 @@ def test_replace_with_own_values_is_identity(tiny) -> None:
         last = {n: v[:, -1] for n, v in values.items()}  # (B, H*D)
         with Intervention(model, names, ReplaceHook(last, positions=Positions.LAST, kind="pre")):
             out_last = model(**enc).logits
-    assert (out - ref).abs().max() <= 1e-5
-    assert (out_last - ref).abs().max() <= 1e-5
+    assert_forward_close(out, ref)  # replayed activations: the same forward, reordered
+    assert_forward_close(out_last, ref)
 
 
 def test_last_position_with_left_padding_matches_single_prompts(some_tiny) -> None:
@@ -226,8 +227,8 @@ def test_blend_hook_identity_replace_and_grad() -> None:
         values = {n: means[i].flatten() for n, i in names.items()}
         with Intervention(model, list(names), ReplaceHook(values, kind="pre")):
             replaced = model(**enc).logits
-    assert (same - ref).abs().max() <= 1e-5
-    torch.testing.assert_close(full, replaced, atol=1e-5, rtol=1e-5)
+    assert_forward_close(same, ref)  # replayed activations: the same forward, reordered
+    assert_forward_close(replaced, full)
     t = torch.zeros(ad.n_layers, ad.n_heads, requires_grad=True)
     with Intervention(model, list(names), BlendHook(means, torch.sigmoid(t), layer_of=names)):
         loss = model(**enc).logits[:, -1].log_softmax(-1)[:, 65].sum()

@@ -145,6 +145,7 @@ def test_search_subtract_restore_and_lambda_refused():
     search_coefficients(model, tok, [vec], [FakeTask("a")], grid="0.5,1.5", restore="subtract",
                         scorer=lambda *a: 0.5, progress=False)
     for k, v in model.state_dict().items():
+        # w + s B A - s B A: the same product both times, two elementwise roundings < 1e-6
         assert torch.allclose(v, base[k], atol=1e-6), k
     with pytest.raises(UserInputError, match="coefficient being searched"):
         search_coefficients(model, tok, [vec], [FakeTask("a")], params={"lam": 0.5}, scorer=lambda *a: 0.5)

@@ -30,6 +30,7 @@ from taskvec.errors import (
 from taskvec.models import fingerprint, get_adapter, tiny_model
 from taskvec.models.adapter import position_ids
 from taskvec.tasks import Task, get_task
+from tolerance import assert_forward_close
 
 PROMPTS = ["Q: hot\nA:", "Q: a much longer question here\nA:", "Q: up\nA:"]
 SMALL = {"shots": 2, "n_prompts": 4, "val_limit": 8, "batch_size": 4, "eval_every": 2}
@@ -118,7 +119,7 @@ def test_left_padded_batch_equals_single_prompts() -> None:
         batch = model(**_enc(tok)).logits[:, -1]  # (B, V)
         for i, p in enumerate(PROMPTS):
             single = model(**_enc(tok, [p])).logits[0, -1]
-            assert (batch[i] - single).abs().max() <= 1e-5
+            assert_forward_close(batch[i], single)  # batched (padded) vs alone
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma2", "gpt2"])
@@ -179,7 +180,7 @@ def test_teacher_forced_loss_equals_one_example_at_a_time(antonym) -> None:
             with sv.intervention(model, positions=[len(p) - 1]):
                 logits = model(input_ids=ids).logits[0, len(p) - 1:]  # (len(a), V)
             losses.append(torch.nn.functional.cross_entropy(logits, torch.tensor(a), reduction="none"))
-    torch.testing.assert_close(batched, torch.cat(losses).mean(), atol=1e-5, rtol=1e-5)
+    assert_forward_close(batched, torch.cat(losses).mean())  # batched (padded) vs alone
 
 
 # ---------------------------------------------------------------------------- gradients, training

@@ -96,10 +96,12 @@ def run(args: argparse.Namespace) -> int:
         log(f"[3/5] reusing the finished fine-tuning run in {run_dir} (--retrain to redo)")
         from peft import PeftModel
 
+        from taskvec.weights.finetune import unload_adapters
+
         train_s = json.loads((run_dir / "recipe.json").read_text()).get("seconds")
         pm = PeftModel.from_pretrained(model, run_dir / "adapter")
         ft_res = evaluate(pm, tok, task, limit=args.limit, progress=prog)
-        model = pm.unload()
+        model = unload_adapters(pm)
     del model
 
     log("[4/5] extracting the task vector and saving it")

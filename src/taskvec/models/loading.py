@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from taskvec.errors import ModelLoadError, UserInputError, unknown_name
+from taskvec.models.compat import dtype_kwargs
 from taskvec.registry import Registry
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -145,7 +146,7 @@ def _convert_gguf(gguf: Path, out: Path) -> Path:
     try:
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(
-            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+            gguf.parent, gguf_file=gguf.name, **dtype_kwargs(torch.float32)
         )
         # save_pretrained refuses a GGUF-loaded model until the quantizer marker is dropped;
         # the weights are already de-quantized to float32.
@@ -253,7 +254,7 @@ def load_model(
     path = model_dir(name_or_path)
     hf_logging.disable_progress_bar()  # the ~1 s "Loading weights" bar is noise next to ours
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+        model = AutoModelForCausalLM.from_pretrained(path, **dtype_kwargs(torch_dtype))
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"could not load a model from {path}: {exc}".splitlines()[0]) from exc
     model.to(dev)

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from taskvec.models.compat import dtype_kwargs
 from taskvec.registry import Registry
 
 __all__ = ["TINY_ARCHS", "tiny_model", "tiny_tokenizer"]
@@ -63,6 +64,8 @@ def tiny_tokenizer() -> Any:
         eos_token=EOS,
         padding_side="left",
         model_max_length=1024,
+        # only what causal LMs take (transformers 4.x also returned token_type_ids)
+        model_input_names=["input_ids", "attention_mask"],
     )
 
 
@@ -167,7 +170,7 @@ def tiny_model(arch: str, seed: int = 0, **overrides: Any) -> tuple[nn.Module, A
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(
-            config, attn_implementation="eager", dtype=torch.float32
+            config, attn_implementation="eager", **dtype_kwargs(torch.float32)
         )
     model.eval()
     gen = model.generation_config

@@ -244,9 +244,21 @@ class FinetuneResult:
             return self.model
         if self.sharded:
             raise UserInputError("an FSDP-trained model stays sharded; load the saved adapter instead.")
-        base = self.model.unload()
+        base = unload_adapters(self.model)
         _restore_base(base, self._restore)
         return base
+
+
+def unload_adapters(peft_model: Any) -> Any:
+    """Remove a PEFT model's LoRA modules without merging; return the plain base model.
+
+    peft < 0.18 leaves its ``peft_config`` attribute on the base: it is removed here, so the
+    base is as it was before the adapters (and can be fine-tuned again).
+    """
+    base = peft_model.unload()
+    if "peft_config" in vars(base):
+        del base.peft_config
+    return base
 
 
 def _restore_base(base: Any, restore: dict[str, Any]) -> None:
@@ -452,7 +464,7 @@ def finetune(
         dist.barrier()  # the adapter and recipe exist before any rank returns
     except BaseException:
         if not full and not fsdp:  # leave the caller's model as it came (a sharded one cannot be)
-            _restore_base(train_model.unload(), restore)
+            _restore_base(unload_adapters(train_model), restore)
         raise
     if not keep_checkpoints and rank == 0:
         shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
