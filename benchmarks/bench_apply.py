@@ -51,9 +51,9 @@ def build_inputs(model: str, work: Path, seed: int) -> tuple[Path, Path, Path]:
     """(base dir, vector file, fine-tuned dir = base + vector); built once, then reused."""
     import torch
 
+    from taskvec.formats import model_safetensors_files, open_tensors
     from taskvec.models import fingerprint, model_dir
     from taskvec.weights import TaskVector
-    from taskvec.weights.safetensors_stream import model_safetensors_files, open_tensors
     from taskvec.weights.stream import stream_apply
 
     base = model_dir(model)
@@ -117,7 +117,7 @@ def run_measured(cmd: list[str], log: Path) -> dict[str, Any]:
 
 def max_abs_diff(ref_dir: Path, other_dir: Path) -> dict[str, Any]:
     """Max |ref - other| over the tensors of two model directories (read one tensor at a time)."""
-    from taskvec.weights.safetensors_stream import model_safetensors_files, open_tensors
+    from taskvec.formats import model_safetensors_files, open_tensors
 
     ref, _ = open_tensors(model_safetensors_files(ref_dir))
     oth, _ = open_tensors(model_safetensors_files(other_dir))
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         naive_apply(base, vec, float(scale), out)
         return 0
 
-    from taskvec.weights.safetensors_stream import SafetensorsReader, model_safetensors_files
+    from taskvec.formats import SafetensorsReader, model_safetensors_files
 
     work: Path = args.workdir
     base, vec, ft = build_inputs(args.model, work, args.seed)

@@ -42,7 +42,7 @@ from bench_apply import (
 
 def diff_stats(ref_dir: Path, other_dir: Path, tol: float = 1e-5) -> dict[str, Any]:
     """Max |ref - other| and how many entries differ by more than ``tol`` (tensor by tensor)."""
-    from taskvec.weights.safetensors_stream import model_safetensors_files, open_tensors
+    from taskvec.formats import model_safetensors_files, open_tensors
 
     ref, _ = open_tensors(model_safetensors_files(ref_dir))
     oth, _ = open_tensors(model_safetensors_files(other_dir))

@@ -93,3 +93,45 @@ def test_eval_rejects_weight_vectors_and_garbage(tmp_path, capsys) -> None:
 def test_fv_without_action_prints_help(capsys) -> None:
     code, out, _ = run(capsys, "fv")
     assert code == 2 and "extract" in out
+
+
+def test_eval_door_takes_every_vector_kind(fv_file, tiny_dir, tmp_path, capsys, monkeypatch) -> None:
+    """`taskvec eval --vector F` for a function, residual and soft vector: the vector acts in the
+    forward passes (its hook runs), the table says what was evaluated; bad combinations exit 2."""
+    import torch
+
+    from taskvec.activations import AddHook
+    from taskvec.activations.soft_files import SoftBlendHook, SoftTaskVector
+    from taskvec.models import get_adapter, load_model
+    from taskvec.models.fingerprint import fingerprint
+
+    model, _ = load_model(str(tiny_dir))
+    ad = get_adapter(model)
+    soft = SoftTaskVector(torch.zeros(ad.n_layers, ad.n_heads), torch.randn(ad.n_layers, ad.n_heads, ad.head_dim),
+                          {"model_fingerprint": fingerprint(model), "task": "antonym"})
+    soft_file = soft.save(tmp_path / "soft.safetensors")
+    rv = tmp_path / "rv.safetensors"
+    assert run(capsys, "residual", "extract", "--model", tiny_dir, "--task", "antonym", "--out", rv,
+               "--layer", 1, *SMALL)[0] == 0
+    for f, kind, hook_cls in ((fv_file, "function_vector", AddHook), (rv, "residual_vector", AddHook),
+                              (soft_file, "soft_task_vector", SoftBlendHook)):
+        calls = []
+        original = hook_cls.edit
+        monkeypatch.setattr(hook_cls, "edit", lambda self, name, x, o=original, c=calls: c.append(name) or o(self, name, x))
+        code, out, err = run(capsys, "eval", "--model", tiny_dir, "--vector", f, "--task", "antonym",
+                             "--limit", 3, "--no-progress", "--json")
+        monkeypatch.undo()
+        assert code == 0, err
+        res = json.loads(out)
+        assert res["vector_kind"] == kind and res["n"] == 3 and calls, (kind, calls)
+        code, out, _ = run(capsys, "eval", "--model", tiny_dir, "--vector", f, "--task", "antonym",
+                           "--limit", 2, "--no-progress")
+        assert code == 0 and kind.replace("_", " ") in out
+    code, _, err = run(capsys, "eval", "--model", tiny_dir, "--vector", soft_file, "--scale", 2,
+                       "--task", "antonym", "--limit", 2)
+    assert code == 2 and "no scale" in err
+    means = tmp_path / "means.safetensors"
+    assert run(capsys, "fv", "means", "--model", tiny_dir, "--task", "antonym", "--out", means,
+               "--shots", 2, "--n-prompts", 2, "--no-progress")[0] == 0
+    code, _, err = run(capsys, "eval", "--model", tiny_dir, "--vector", means, "--task", "antonym")
+    assert code == 2 and "is a head-means file" in err and len(err.strip().splitlines()) == 1

@@ -278,7 +278,7 @@ def test_files_roundtrip_and_errors(fv_and_rv, tmp_path) -> None:
     for k, t in fv.tensors.items():
         torch.testing.assert_close(back.tensors[k], t)
     back.check_model(model)
-    with pytest.raises(FileFormatError, match="expected a residual_vector"):
+    with pytest.raises(FileFormatError, match="is a function vector .*, not a residual vector"):
         load_activation(p, "residual_vector")
     assert load_activation(rv.save(tmp_path / "rv.safetensors")).metadata["mode"] == "replace"
     # another model with the same shapes: fingerprint mismatch unless forced

@@ -77,7 +77,7 @@ def test_per_layer_random_sample_and_errors(tmp_path, capsys):
     cases = [
         (["basis", "build", *vecs, "--out", str(tmp_path / "e.safetensors"), "--method", "pcaa"], 'Did you mean "pca"'),
         (["basis", "build", *vecs, "--out", str(tmp_path / "e.safetensors"), "--m", "9"], "more than the 4"),
-        (["basis", "info", vecs[0]], "not a basis"),
+        (["basis", "info", vecs[0]], "not a task vector basis"),
         (["basis", "info", str(tmp_path / "nope.safetensors")], "does not exist"),
         (["basis", "recover", out, "--task", "t7", "--out", str(tmp_path / "y.safetensors")], 'unknown task "t7"'),
     ]

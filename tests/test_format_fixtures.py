@@ -44,3 +44,15 @@ def test_every_fixture_is_checked() -> None:
     files = {f.name for f in V1.glob("*.safetensors")}
     assert files <= set(json.loads((V1 / "expected.json").read_text()))
     assert len(files) >= 11
+
+
+@pytest.mark.parametrize("name", sorted(f.name for f in V1.glob("*.safetensors")))
+def test_inspect_reads_every_kind(name: str, capsys) -> None:
+    from conftest import run_cli
+
+    code, out, err = run_cli(capsys, "inspect", V1 / name, "--json")
+    assert code == 0, err
+    info = json.loads(out)
+    assert info["file"].endswith(name)
+    if not name.startswith(("vector_", "merged_")):
+        assert info["kind"] == json.loads((V1 / "expected.json").read_text())[name].get("kind", info["kind"])

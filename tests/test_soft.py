@@ -337,7 +337,7 @@ def test_file_round_trip_and_validation(tmp_path, antonym) -> None:
     fv = extract_function_vector(model, tok, antonym, shots=2, n_prompts=4, heads=[(0, 1)], layer=1,
                                  sweep_limit=2)
     fv.save(tmp_path / "fv.safetensors")
-    with pytest.raises(FileFormatError, match="function_vector"):
+    with pytest.raises(FileFormatError, match="is a function vector"):
         load_soft(tmp_path / "fv.safetensors")
     bad = SoftTaskVector(sv.coefficients, sv.head_means, dict(sv.metadata))
     bad.coefficients = torch.full_like(sv.coefficients, float("nan"))
@@ -453,12 +453,12 @@ def test_cli_wrong_file_kinds(tiny_dir, tmp_path, capsys) -> None:
     soft_path = _soft(model, 0.0, task="antonym").save(tmp_path / "s.safetensors")
     (tmp_path / "cut.safetensors").write_bytes(soft_path.read_bytes()[:100])
     for argv, msg in [
-        (["soft", "eval", "--vector", fv_path], "function_vector"),
+        (["soft", "eval", "--vector", fv_path], "is a function vector"),
         (["soft", "show", tmp_path / "cut.safetensors"], "truncated"),
         (["soft", "show", soft_path, "--plot", tmp_path / "a.jpg"], "--plot"),
-        (["soft", "compare", "--task", "antonym", "--fv", soft_path], "not a taskvec activation"),
-        (["soft", "compare", "--task", "antonym", "--residual", fv_path], "residual_vector"),
-        (["soft", "compare", "--task", "antonym", "--lora", fv_path], "function_vector"),
+        (["soft", "compare", "--task", "antonym", "--fv", soft_path], "is a soft task vector"),
+        (["soft", "compare", "--task", "antonym", "--residual", fv_path], "not a residual vector"),
+        (["soft", "compare", "--task", "antonym", "--lora", fv_path], "is a function vector"),
     ]:
         code, _, err = run(capsys, *argv)
         assert code == 2 and msg in err and len(err.strip().splitlines()) == 1, (argv, err)

@@ -23,17 +23,16 @@ from taskvec.errors import (
     ShapeMismatchError,
     UserInputError,
 )
-from taskvec.models.fingerprint import fingerprint
-from taskvec.models.tiny import tiny_model
-from taskvec.weights import LowRankDelta, TaskVector
-from taskvec.weights.safetensors_stream import (
+from taskvec.formats import (
     SafetensorsReader,
     StreamingSafetensorsWriter,
     TensorSpec,
-    fingerprint_tensors,
     model_safetensors_files,
     open_tensors,
 )
+from taskvec.models.fingerprint import fingerprint, fingerprint_tensors
+from taskvec.models.tiny import tiny_model
+from taskvec.weights import LowRankDelta, TaskVector
 from taskvec.weights.stream import plan_shards, stream_apply, stream_apply_report
 from tolerance import matmul_atol, ulp
 

@@ -14,12 +14,10 @@ from taskvec.activations.hooks import (
     AddHook,
     BlendHook,
     Hook,
-    Intervention,
     Positions,
     ReplaceHook,
     SaveInputsHook,
     SaveOutputsHook,
-    resolve_targets,
 )
 from taskvec.activations.indirect_effect import (
     IE_METHODS,
@@ -28,6 +26,7 @@ from taskvec.activations.indirect_effect import (
     indirect_effects,
     top_heads,
 )
+from taskvec.activations.intervention import Intervention, resolve_sites, resolve_targets
 from taskvec.activations.residual import extract_residual_vector, residual_means
 
 __all__ = [
@@ -56,6 +55,7 @@ __all__ = [
     "load_activation",
     "parse_heads",
     "residual_means",
+    "resolve_sites",
     "resolve_targets",
     "save_activation",
     "sweep",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -11,19 +11,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from taskvec.activations.hooks import Hook, Intervention, Positions
+from taskvec.activations.hooks import Hook, Positions
+from taskvec.activations.intervention import Intervention
 from taskvec.errors import UserInputError
 from taskvec.eval.batching import encode, length_sorted_batches, pad_id
 from taskvec.eval.scoring import first_token_id, forward_logits
 from taskvec.models.adapter import ModelAdapter
+from taskvec.models.sites import site_key
 
 __all__ = [
     "PromptSet",
     "collect_last_token",
     "icl_prompt_set",
-    "o_proj_targets",
+    "layer_sites",
     "progress_bar",
-    "residual_targets",
     "sample_examples",
 ]
 
@@ -45,16 +46,10 @@ def progress_bar(total: int, desc: str, enabled: bool, unit: str = "ex") -> Iter
         bar.close()
 
 
-def o_proj_targets(adapter: ModelAdapter, layers: Sequence[int] | None = None) -> dict[str, nn.Module]:
-    """name -> attention output projection, for ``layers`` (default: all)."""
+def layer_sites(site: str, adapter: ModelAdapter, layers: Sequence[int] | None = None) -> list[str]:
+    """The site keys of one named hook site over ``layers`` (default: all), e.g. ``head_out.0``."""
     layers = range(adapter.n_layers) if layers is None else layers
-    return {adapter.o_proj_name(i): adapter.o_proj(i) for i in layers}
-
-
-def residual_targets(adapter: ModelAdapter, layers: Sequence[int] | None = None) -> dict[str, nn.Module]:
-    """name -> decoder layer (its output is the residual stream after the layer)."""
-    layers = range(adapter.n_layers) if layers is None else layers
-    return {adapter.layer_name(i): adapter.residual_module(i) for i in layers}
+    return [site_key(site, i) for i in layers]
 
 
 def sample_examples(examples: Sequence[dict], n: int, seed: int, salt: str) -> list[dict]:
@@ -107,7 +102,7 @@ def collect_last_token(
     model: nn.Module,
     tok: Any,
     prompts: Sequence[str],
-    targets: Mapping[str, nn.Module],
+    sites: Sequence[str],
     hook: Hook,
     batch_size: int = 16,
     progress: ProgressFn | None = None,
@@ -125,12 +120,12 @@ def collect_last_token(
     n = len(prompts)
     acts: dict[str, torch.Tensor] = {}
     preds = torch.empty(n, dtype=torch.long)
-    with Intervention(model, targets, hook):
+    with Intervention(model, sites=sites, hook=hook):
         for batch in length_sorted_batches(ids, batch_size, pad_id(tok)):
             hook.clear()  # type: ignore[attr-defined]
             logits = forward_logits(model, batch, 1)[:, -1]  # (B, V)
             preds[batch.index] = logits.argmax(-1).cpu()
-            for name in targets:
+            for name in sites:
                 (x,) = hook[name]  # type: ignore[index]  # one call per batch: (B, F)
                 if name not in acts:
                     acts[name] = torch.empty((n, x.shape[-1]), dtype=torch.float32)

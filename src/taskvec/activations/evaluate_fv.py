@@ -16,7 +16,7 @@ from torch import nn
 
 from taskvec.activations.common import progress_bar
 from taskvec.activations.files import ActivationVector
-from taskvec.activations.hooks import Intervention
+from taskvec.activations.intervention import Intervention
 from taskvec.errors import UserInputError
 from taskvec.eval.harness import EvalResult, evaluate
 

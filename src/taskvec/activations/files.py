@@ -32,27 +32,24 @@ import torch
 from torch import nn
 
 from taskvec.activations.file_io import (
-    check_fingerprint,
     check_safetensors_suffix,
     open_metadata,
     parse_metadata,
     read_tensors,
     write_file,
 )
-from taskvec.activations.hooks import (
-    AddHook,
-    Intervention,
-    Positions,
-    ReplaceHook,
-    positions_from_str,
-)
+from taskvec.activations.hooks import AddHook, Positions, ReplaceHook, positions_from_str
+from taskvec.activations.intervention import Intervention
 from taskvec.errors import (
     FileFormatError,
     NonFiniteError,
     ShapeMismatchError,
     UserInputError,
 )
+from taskvec.formats import LOADERS
 from taskvec.models.adapter import get_adapter
+from taskvec.models.fingerprint import check_fingerprint
+from taskvec.models.sites import site_key
 from taskvec.registry import Registry
 
 __all__ = [
@@ -62,7 +59,8 @@ __all__ = [
     "save_activation",
 ]
 
-FORMAT_VERSION = "1"
+#: the hook site of function and residual vectors (files before the ``site`` key used it too)
+DEFAULT_SITE = "resid_post"
 _INT_KEYS = ("layer", "shots", "n_prompts", "seed")
 _FLOAT_KEYS = ("scale",)
 _REQUIRED = {
@@ -177,34 +175,33 @@ def _check_scale(scale: float) -> None:
         raise UserInputError(f"the scale must be a finite number, got {scale}.")
 
 
-def _residual_target(model: nn.Module, scale: float, layer: int) -> dict[str, nn.Module]:
+def _site(av: ActivationVector, scale: float, layer: int) -> list[str]:
+    """The vector's hook site at ``layer``: ``resid_post`` unless the file names another."""
     _check_scale(scale)
-    ad = get_adapter(model)
-    return {ad.layer_name(layer): ad.residual_module(layer)}
+    return [site_key(str(av.metadata.get("site", DEFAULT_SITE)), layer)]
 
 
 @INTERVENTIONS.register("function_vector")
 def _fv_intervention(
     av: ActivationVector, model: nn.Module, scale: float, layer: int, positions: Positions
 ) -> Intervention:
-    target = _residual_target(model, scale, layer)
-    return Intervention(model, target, AddHook(av.vector, positions=positions, scale=scale))
+    return Intervention(model, sites=_site(av, scale, layer), hook=AddHook(av.vector, positions=positions, scale=scale))
 
 
 @INTERVENTIONS.register("residual_vector")
 def _residual_intervention(
     av: ActivationVector, model: nn.Module, scale: float, layer: int, positions: Positions
 ) -> Intervention:
-    target = _residual_target(model, scale, layer)
+    sites = _site(av, scale, layer)
     mode = av.metadata.get("mode", "replace")
     if mode in ("add", "diff"):
-        return Intervention(model, target, AddHook(av.vector, positions=positions, scale=scale))
+        return Intervention(model, sites=sites, hook=AddHook(av.vector, positions=positions, scale=scale))
     if mode != "replace":
         raise UserInputError(
             f"this residual vector has mode {mode!r}; known: diff, replace, add. Re-extract it "
             "with `taskvec residual extract`."
         )
-    return Intervention(model, target, ReplaceHook(av.vector * scale, positions=positions))
+    return Intervention(model, sites=sites, hook=ReplaceHook(av.vector * scale, positions=positions))
 
 
 # ---------------------------------------------------------------------------- files
@@ -216,8 +213,7 @@ def save_activation(av: ActivationVector, path: str | os.PathLike) -> Path:
     for name, t in av.tensors.items():
         if not torch.isfinite(t).all() and name != "ie_scores":
             raise NonFiniteError(f'the {av.kind} tensor "{name}" has NaN or Inf values; not saved.')
-    fields = {"taskvec_kind": av.kind, "format_version": FORMAT_VERSION}
-    return write_file(path, av.tensors, av.metadata, fields, (*_INT_KEYS, *_FLOAT_KEYS))
+    return write_file(path, av.kind, av.tensors, av.metadata, (*_INT_KEYS, *_FLOAT_KEYS))
 
 
 def load_activation(path: str | os.PathLike, kind: str | None = None) -> ActivationVector:
@@ -226,20 +222,9 @@ def load_activation(path: str | os.PathLike, kind: str | None = None) -> Activat
     Raises ``MissingFileError``, or ``FileFormatError`` for anything that is not a complete
     taskvec activation file (truncated, corrupted, another kind, a weight-space task vector).
     """
-    path, meta, found = open_metadata(path, "activation vector")
-    if found == "task_vector":
-        raise FileFormatError(
-            f"{path} is a weight-space task vector: use it with --vector (eval, generate, apply)."
-        )
-    if found not in _REQUIRED:
-        raise FileFormatError(
-            f"{path} is not a taskvec activation vector file: pass a file written by "
-            "`taskvec fv extract` or `taskvec residual extract`."
-        )
-    wanted = (kind,) if isinstance(kind, str) else kind
-    if wanted and found not in wanted:
-        raise FileFormatError(f"{path} holds a {found}, expected a {' or '.join(wanted)}.")
-    parse_metadata(path, meta, FORMAT_VERSION, _INT_KEYS, _FLOAT_KEYS)
+    wanted = (kind,) if isinstance(kind, str) else tuple(kind or KINDS)
+    path, meta, found = open_metadata(path, wanted, "activation vector")
+    parse_metadata(path, meta, _INT_KEYS, _FLOAT_KEYS)
     tensors = read_tensors(path)
     av = ActivationVector(found, tensors, meta)
     if "vector" in tensors:
@@ -254,3 +239,5 @@ def load_activation(path: str | os.PathLike, kind: str | None = None) -> Activat
 
 #: the kinds of activation files
 KINDS: tuple[str, ...] = tuple(_REQUIRED)
+for _kind in KINDS:
+    LOADERS.register(_kind, load_activation)

@@ -145,6 +145,7 @@ def extract_function_vector(
             "model": model_name(model),
             "model_fingerprint": fingerprint(model),
             "task": task.name,
+            "site": "resid_post",
             "layer": 0 if layer == "auto" else int(layer),
             "heads": [list(h) for h in heads],
             "positions": positions_to_str(positions),

@@ -19,7 +19,7 @@ from torch import nn
 from taskvec.activations.common import (
     collect_last_token,
     icl_prompt_set,
-    o_proj_targets,
+    layer_sites,
     progress_bar,
 )
 from taskvec.activations.hooks import Positions, SaveInputsHook
@@ -77,11 +77,11 @@ def head_activations(
     Returns ``(acts (N, L, H, D) float32, predictions (N,))``.
     """
     ad = get_adapter(model)
-    targets = o_proj_targets(ad)
+    sites = layer_sites("head_out", ad)
     hook = SaveInputsHook(positions=Positions.LAST)
     with progress_bar(len(prompts), desc, progress) as upd:
-        acts, preds = collect_last_token(model, tok, prompts, targets, hook, batch_size, upd)
-    stacked = torch.stack([acts[name] for name in targets], dim=1)  # (N, L, H*D)
+        acts, preds = collect_last_token(model, tok, prompts, sites, hook, batch_size, upd)
+    stacked = torch.stack([acts[name] for name in sites], dim=1)  # (N, L, H*D)
     return ad.split_heads(stacked), preds  # (N, L, H, D)
 
 

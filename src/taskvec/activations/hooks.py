@@ -19,48 +19,36 @@ versions): both are handled, and an edit returns the same structure.
   calls; e.g. for an uncached generation loop that must patch a fixed prompt position.
 - ``None``: every token of every call, prefill or decode.
 
-**Prefill vs decode.** :class:`Intervention` adds a forward pre-hook on the *model* that looks
-at what the model receives (:func:`taskvec.models.kv_cache.past_length`: a cache object under
-whatever argument name the transformers release uses, a legacy tuple cache, or
-``cache_position``): no cache, or an empty one, means a prefill call (a plain forward, or the
-first step of ``generate``); a cache that already holds tokens means a decode step. It sets ``hook.phase`` (``"prefill"`` / ``"decode"``) and ``hook.step`` (0 at the
-prefill, then 1, 2, ...) before any module hook runs. Without a model (``model=None``) every
-call counts as a prefill.
+**Prefill vs decode** (``hook.phase``, ``hook.step``) is set by
+:class:`~taskvec.activations.intervention.Intervention`, which attaches hooks to modules.
 """
 
 from __future__ import annotations
 
 import enum
-import fnmatch
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
-from torch.utils.hooks import RemovableHandle
 
 from taskvec.errors import (
     ShapeMismatchError,
-    UnknownNameError,
     UserInputError,
-    did_you_mean,
     unknown_name,
 )
 from taskvec.models.adapter import output_tensor
-from taskvec.models.kv_cache import past_length
 
 __all__ = [
     "AddHook",
     "BlendHook",
     "Hook",
-    "Intervention",
     "Positions",
     "PositionSpec",
     "ReplaceHook",
     "SaveInputsHook",
     "SaveOutputsHook",
     "replace_output",
-    "resolve_targets",
 ]
 
 
@@ -347,139 +335,3 @@ class BlendHook(Hook):
         a = a[:, None] if a.dim() == 1 else a  # (H, 1) or scalar
         out = (1 - a) * h + a * m.to(device=x.device, dtype=x.dtype)  # (B, t, H, D)
         return out.flatten(-2)  # (B, t, H*D)
-
-
-# ---------------------------------------------------------------------------- targets
-
-
-def resolve_targets(
-    model: nn.Module | None, targets: Mapping[str, nn.Module] | Sequence[str] | str
-) -> dict[str, nn.Module]:
-    """Names -> modules: a mapping is used as is; names and glob patterns (``*``, ``?``,
-    ``[...]``) are looked up in ``model.named_modules()``, in model order.
-
-    Raises ``UnknownNameError`` for a name or pattern that matches nothing.
-    """
-    if isinstance(targets, Mapping):
-        if not targets:
-            raise UserInputError("Intervention needs at least one target module.")
-        return dict(targets)
-    if model is None:
-        raise UserInputError("pass the model to resolve target names (or a name -> module dict).")
-    patterns = [targets] if isinstance(targets, str) else list(targets)
-    if not patterns:
-        raise UserInputError("Intervention needs at least one target module.")
-    modules = dict(model.named_modules())
-    chosen: dict[str, nn.Module] = {}
-    for pat in patterns:
-        if pat in modules:
-            chosen[pat] = modules[pat]
-            continue
-        hits = [n for n in modules if any(c in pat for c in "*?[") and fnmatch.fnmatchcase(n, pat)]
-        if not hits:
-            raise UnknownNameError(
-                f'no module of {type(model).__name__} is named or matches "{pat}".'
-                f"{did_you_mean(pat, modules)} See model.named_modules() for the names."
-            )
-        for n in hits:
-            chosen[n] = modules[n]
-    return chosen
-
-
-class Intervention:
-    """Attach ``hook`` to ``targets`` of ``model`` for the duration of a ``with`` block.
-
-    ``targets``: a mapping name -> module, or names / glob patterns resolved through
-    ``model.named_modules()`` (e.g. ``"model.layers.*.self_attn.o_proj"``). ``model`` may be
-    None when ``targets`` is a mapping (then there is no prefill/decode tracking: every call
-    is a prefill). Hooks are registered on enter and always removed on exit, also when the
-    block raises. Re-entering is not allowed; make a new Intervention instead.
-    """
-
-    def __init__(
-        self,
-        model: nn.Module | None,
-        targets: Mapping[str, nn.Module] | Sequence[str] | str,
-        hook: Hook,
-    ) -> None:
-        if hook.kind not in ("forward", "pre"):
-            raise UserInputError(f'hook kind must be "forward" or "pre", got "{hook.kind}".')
-        self.model = model
-        self.targets = resolve_targets(model, targets)
-        self.hook = hook
-        self._handles: list[RemovableHandle] = []
-
-    @property
-    def names(self) -> list[str]:
-        return list(self.targets)
-
-    @property
-    def active(self) -> bool:
-        return bool(self._handles)
-
-    def _on_model_call(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        if past_length(module.forward, args, kwargs) > 0:
-            self.hook.phase = "decode"
-            self.hook.step += 1
-        else:
-            self.hook.phase = "prefill"
-            self.hook.step = 0
-
-    def _forward_fn(self, name: str):
-        hook = self.hook
-
-        def fn(module: nn.Module, inputs: tuple, output: Any) -> Any:
-            return hook(name, module, inputs, output)
-
-        return fn
-
-    def _pre_fn(self, name: str):
-        hook = self.hook
-
-        def fn(module: nn.Module, args: tuple, kwargs: dict) -> Any:
-            if args:
-                new = hook.pre(name, module, args)
-                return None if new is None else (tuple(new), kwargs)
-            key = "hidden_states" if "hidden_states" in kwargs else next(
-                (k for k, v in kwargs.items() if isinstance(v, torch.Tensor)), None
-            )
-            if key is None:
-                return None
-            new = hook.pre(name, module, (kwargs[key],))
-            return None if new is None else (args, {**kwargs, key: new[0]})
-
-        return fn
-
-    def __enter__(self) -> Intervention:
-        if self._handles:
-            raise RuntimeError("this Intervention is already active")
-        self.hook.phase, self.hook.step = "prefill", 0
-        try:
-            if self.model is not None:
-                self._handles.append(
-                    self.model.register_forward_pre_hook(self._on_model_call, with_kwargs=True)
-                )
-            for name, module in self.targets.items():
-                if self.hook.kind == "pre":
-                    h = module.register_forward_pre_hook(self._pre_fn(name), with_kwargs=True)
-                else:
-                    h = module.register_forward_hook(self._forward_fn(name))
-                self._handles.append(h)
-        except BaseException:
-            self.remove()
-            raise
-        return self
-
-    def remove(self) -> None:
-        """Remove every registered hook (idempotent)."""
-        while self._handles:
-            self._handles.pop().remove()
-
-    def __exit__(self, *exc: object) -> None:
-        self.remove()
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.targets)
-
-    def __repr__(self) -> str:
-        return f"Intervention({type(self.hook).__name__}, {len(self.targets)} targets)"

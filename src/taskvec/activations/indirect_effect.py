@@ -33,13 +33,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from taskvec.activations.common import icl_prompt_set, o_proj_targets, progress_bar
-from taskvec.activations.hooks import Intervention, Positions, PositionSpec, ReplaceHook
+from taskvec.activations.common import icl_prompt_set, layer_sites, progress_bar
+from taskvec.activations.hooks import Positions, PositionSpec, ReplaceHook
+from taskvec.activations.intervention import Intervention
 from taskvec.errors import ShapeMismatchError, UserInputError
 from taskvec.eval.batching import encode, left_pad
 from taskvec.eval.scoring import _supports_logits_to_keep, forward_logits
 from taskvec.models.adapter import ModelAdapter, get_adapter
 from taskvec.models.kv_cache import cache_kwargs, returned_cache
+from taskvec.models.sites import site_key
 from taskvec.registry import Registry
 
 __all__ = [
@@ -86,8 +88,8 @@ def top_heads(scores: torch.Tensor, k: int) -> list[Head]:
 
 def _patch_hook(
     ad: ModelAdapter, means: torch.Tensor, rows: Sequence[Row], positions: PositionSpec
-) -> tuple[dict[str, nn.Module], ReplaceHook]:
-    """A pre-hook on the o_proj of every layer used by ``rows``: row r gets head h_r's mean."""
+) -> tuple[list[str], ReplaceHook]:
+    """A hook on the ``head_out`` site of every layer used by ``rows``: row r gets head h_r's mean."""
     values: dict[str, torch.Tensor] = {}
     masks: dict[str, torch.Tensor] = {}
     width = ad.n_heads * ad.head_dim
@@ -95,14 +97,13 @@ def _patch_hook(
         if row is None:
             continue
         layer, head = row
-        name = ad.o_proj_name(layer)
+        name = site_key("head_out", layer)
         if name not in masks:
             masks[name] = torch.zeros((len(rows), width), dtype=torch.bool)  # (R, H*D)
             values[name] = means[layer].reshape(width)  # (H*D,)
         masks[name][r, ad.head_slice(head)] = True
     layers = sorted({row[0] for row in rows if row is not None})
-    targets = o_proj_targets(ad, layers)
-    return targets, ReplaceHook(values, positions=positions, mask=masks, kind="pre")
+    return layer_sites("head_out", ad, layers), ReplaceHook(values, positions=positions, mask=masks)
 
 
 def _answer_probs(logits: torch.Tensor) -> torch.Tensor:
@@ -117,7 +118,7 @@ def _run_naive(model, ad, ids, rows, means, batch_size) -> torch.Tensor:
             logits = forward_logits(model, batch, 1)[:, -1]  # (1, V)
         else:
             targets, hook = _patch_hook(ad, means, [row], Positions.LAST)
-            with Intervention(model, targets, hook):
+            with Intervention(model, sites=targets, hook=hook):
                 logits = forward_logits(model, batch, 1)[:, -1]  # (1, V)
         out.append(_answer_probs(logits))
     return torch.cat(out)  # (R, V)
@@ -130,7 +131,7 @@ def _run_batched(model, ad, ids, rows, means, batch_size) -> torch.Tensor:
         batch = left_pad([ids] * len(chunk), 0)  # (R, T), all rows the same prompt
         targets, hook = _patch_hook(ad, means, chunk, Positions.LAST)
         if targets:
-            with Intervention(model, targets, hook):
+            with Intervention(model, sites=targets, hook=hook):
                 logits = forward_logits(model, batch, 1)[:, -1]  # (R, V)
         else:
             logits = forward_logits(model, batch, 1)[:, -1]
@@ -165,7 +166,7 @@ def _run_cached(model, ad, ids, rows, means, batch_size) -> torch.Tensor:
         # positions=None: the decode call holds exactly the last prompt token
         targets, hook = _patch_hook(ad, means, chunk, None)
         if targets:
-            with Intervention(model, targets, hook):
+            with Intervention(model, sites=targets, hook=hook):
                 logits = model(**inputs).logits[:, -1]  # (R, V)
         else:
             logits = model(**inputs).logits[:, -1]

@@ -29,8 +29,8 @@ from torch import nn
 from taskvec.activations.common import (
     collect_last_token,
     icl_prompt_set,
+    layer_sites,
     progress_bar,
-    residual_targets,
 )
 from taskvec.activations.evaluate_fv import accuracy, grid_sweep, load_examples, sweep_split
 from taskvec.activations.files import ActivationVector
@@ -63,12 +63,12 @@ def residual_means(
         raise UserInputError(f"--shots must be >= 0, got {shots}.")
     ad = get_adapter(model)
     ps = icl_prompt_set(task, tok, n_prompts, shots, seed, salt="residual")
-    targets = residual_targets(ad)
+    sites = layer_sites("resid_post", ad)
     hook = SaveOutputsHook(positions=Positions.LAST)
     desc = "residual means" if shots else "zero-shot means"
     with progress_bar(len(ps.prompts), desc, progress) as upd:
-        acts, preds = collect_last_token(model, tok, ps.prompts, targets, hook, batch_size, upd)
-    means = torch.stack([acts[name].mean(0) for name in targets])  # (L, hidden)
+        acts, preds = collect_last_token(model, tok, ps.prompts, sites, hook, batch_size, upd)
+    means = torch.stack([acts[name].mean(0) for name in sites])  # (L, hidden)
     acc = float((preds == torch.tensor(ps.targets)).float().mean())
     return means, acc, len(ps.prompts)
 
@@ -130,6 +130,7 @@ def extract_residual_vector(
             "model": model_name(model),
             "model_fingerprint": fingerprint(model),
             "task": task.name,
+            "site": "resid_post",
             "layer": layers[0],
             "positions": "last",
             "method": "icl_task_vector",

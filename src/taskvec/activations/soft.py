@@ -430,6 +430,7 @@ class TaskVectorExtractor:
             "model": model_name(model),
             "model_fingerprint": fingerprint(model),
             "task": self.task.name,
+            "site": "head_out",
             "positions": cfg.positions,
             "temperature": cfg.temperature,
             "recipe": cfg.to_dict(),

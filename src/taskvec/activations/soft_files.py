@@ -30,25 +30,22 @@ import torch
 from torch import nn
 
 from taskvec.activations import file_io
-from taskvec.activations.hooks import (
-    BlendHook,
-    Intervention,
-    Positions,
-    PositionSpec,
-    positions_from_str,
-)
+from taskvec.activations.hooks import BlendHook, Positions, PositionSpec, positions_from_str
+from taskvec.activations.intervention import Intervention
 from taskvec.errors import (
     FileFormatError,
     NonFiniteError,
     ShapeMismatchError,
     UserInputError,
 )
+from taskvec.formats import LOADERS
 from taskvec.models.adapter import get_adapter
+from taskvec.models.fingerprint import check_fingerprint
+from taskvec.models.sites import site_key
 
 __all__ = ["KIND", "SoftBlendHook", "SoftTaskVector", "blend_intervention", "load_soft", "save_soft"]
 
 KIND = "soft_task_vector"
-FORMAT_VERSION = "1"
 _INT_KEYS = ("n_params", "best_step")
 _FLOAT_KEYS = ("temperature", "validation_score", "validation_loss")
 
@@ -116,9 +113,9 @@ def blend_intervention(
         )
     if tuple(alpha.shape) != want[:2]:
         raise ShapeMismatchError(f"alpha must be (layers, heads) = {want[:2]}, got {tuple(alpha.shape)}.")
-    targets = {ad.o_proj_name(i): ad.o_proj(i) for i in range(ad.n_layers)}
-    layer_of = {ad.o_proj_name(i): i for i in range(ad.n_layers)}
-    return Intervention(model, targets, SoftBlendHook(means, alpha, positions=positions, layer_of=layer_of))
+    sites = [site_key("head_out", i) for i in range(ad.n_layers)]
+    layer_of = {k: i for i, k in enumerate(sites)}
+    return Intervention(model, sites=sites, hook=SoftBlendHook(means, alpha, positions=positions, layer_of=layer_of))
 
 
 @dataclass
@@ -214,7 +211,7 @@ class SoftTaskVector:
                 f"this soft task vector is for (layers, heads, head_dim) = {mine} but the model has "
                 f"{have}: use the model it was trained on."
             )
-        file_io.check_fingerprint(model, self.metadata, "this soft task vector was trained on", force)
+        check_fingerprint(model, self.metadata, "this soft task vector was trained on", force)
 
     def intervention(self, model: nn.Module, positions: PositionSpec | str | None = None) -> Intervention:
         """An :class:`Intervention` applying the vector to ``model`` (enter it to apply).
@@ -242,29 +239,9 @@ class SoftTaskVector:
 def save_soft(sv: SoftTaskVector, path: str | os.PathLike) -> Path:
     """Write ``sv`` atomically as ``.safetensors`` (see the module docstring for the layout)."""
     path = file_io.check_safetensors_suffix(path, "soft task vectors")
-    fields = {
-        "taskvec_kind": KIND,
-        "format_version": FORMAT_VERSION,
-        "n_params": sv.n_params,
-        "temperature": sv.temperature,
-    }
+    meta = dict(sv.metadata) | {"n_params": sv.n_params, "temperature": sv.temperature}
     tensors = {"coefficients": sv.coefficients, "head_means": sv.head_means}  # (L, H), (L, H, D)
-    return file_io.write_file(path, tensors, sv.metadata, fields, (*_INT_KEYS, *_FLOAT_KEYS))
-
-
-def _wrong_kind(path: Path, found: Any) -> FileFormatError:
-    if found == "task_vector":
-        return FileFormatError(
-            f"{path} is a weight-space task vector: pass it as --lora to `taskvec soft compare`."
-        )
-    if found in ("function_vector", "residual_vector", "head_means"):
-        return FileFormatError(
-            f"{path} holds a {found}, not a soft task vector: use `taskvec fv eval`, or pass it "
-            "as --fv / --residual to `taskvec soft compare`."
-        )
-    return FileFormatError(
-        f"{path} is not a taskvec soft task vector file: pass a file written by `taskvec soft train`."
-    )
+    return file_io.write_file(path, KIND, tensors, meta, (*_INT_KEYS, *_FLOAT_KEYS))
 
 
 def load_soft(path: str | os.PathLike) -> SoftTaskVector:
@@ -273,10 +250,8 @@ def load_soft(path: str | os.PathLike) -> SoftTaskVector:
     Raises ``MissingFileError``, or ``FileFormatError`` for anything that is not a complete soft
     task vector file (truncated, corrupted, another kind, inconsistent shapes or metadata).
     """
-    path, meta, found = file_io.open_metadata(path, "soft task vector")
-    if found != KIND:
-        raise _wrong_kind(path, found)
-    file_io.parse_metadata(path, meta, FORMAT_VERSION, _INT_KEYS, _FLOAT_KEYS)
+    path, meta, _ = file_io.open_metadata(path, KIND, "soft task vector")
+    file_io.parse_metadata(path, meta, _INT_KEYS, _FLOAT_KEYS)
     if "recipe" in meta and not isinstance(meta["recipe"], dict):
         raise FileFormatError(f"{path} has a malformed training recipe in its metadata: re-create it.")
     tensors = file_io.read_tensors(path)
@@ -292,3 +267,6 @@ def load_soft(path: str | os.PathLike) -> SoftTaskVector:
             f"{path} records {meta['n_params']} parameters but holds {sv.n_params}: the file is corrupted."
         )
     return sv
+
+
+LOADERS.register(KIND, load_soft)

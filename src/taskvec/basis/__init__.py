@@ -13,7 +13,13 @@ grows with T x one row block, not T x the model). Methods: ``pca``, ``autoencode
 from taskvec.basis.basis import Basis, load_basis
 from taskvec.basis.build import build_basis
 from taskvec.basis.gram import streaming_gram
-from taskvec.basis.ops import ReconstructionWarning, is_basis_file, load_basis_or_vector
+from taskvec.basis.ops import (
+    ReconstructionWarning,
+    is_basis_file,
+    load_basis_or_vector,
+    load_one_vector,
+    open_sources,
+)
 from taskvec.basis.registry import (
     METHODS,
     BasisMethod,
@@ -35,6 +41,8 @@ __all__ = [
     "is_basis_file",
     "load_basis",
     "load_basis_or_vector",
+    "load_one_vector",
     "method_names",
+    "open_sources",
     "streaming_gram",
 ]

@@ -26,14 +26,14 @@ from typing import Any
 import torch
 
 from taskvec.basis.gram import group_key, layer_key
-from taskvec.errors import FileFormatError, MissingFileError, UserInputError, unknown_name
-from taskvec.weights.safetensors_stream import SafetensorsReader
+from taskvec.errors import FileFormatError, UserInputError, unknown_name
+from taskvec.formats import KINDS, LOADERS, SafetensorsReader, read_envelope
 from taskvec.weights.vector import TaskVector
 
 __all__ = ["FORMAT_VERSION", "KIND", "Basis", "load_basis"]
 
 KIND = "task_vector_basis"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = KINDS["task_vector_basis"].format_version
 _SMALL = ("coefficients", "mix", "singular_values", "ae_logits", "random_mix", "stats::gram", "stats::rr", "stats::rx")
 
 
@@ -77,23 +77,9 @@ class Basis:
         """Open and validate a basis file (``FileFormatError`` on anything malformed)."""
         from taskvec.basis.registry import get_method, method_names
 
-        path = Path(path)
-        if not path.exists():
-            raise MissingFileError(f"basis file {path} does not exist.")
-        if path.is_dir():
-            raise UserInputError(f"{path} is a directory: pass a basis .safetensors file.")
+        path, _, _ = read_envelope(path, KIND, "basis")  # exists, safetensors, a basis, version
         reader = SafetensorsReader(path)  # header sanity: offsets within the file
         raw = reader.metadata
-        kind = raw.get("taskvec_kind")
-        if kind != KIND:
-            what = "a task vector, not a basis" if kind == "task_vector" else (
-                f'a taskvec "{kind}" file' if kind else "not a taskvec basis file")
-            raise FileFormatError(f"{path} is {what}: build a basis with `taskvec basis build`.")
-        if raw.get("format_version") != FORMAT_VERSION:
-            raise FileFormatError(
-                f"{path} has basis format version {raw.get('format_version')}, this taskvec reads "
-                f"{FORMAT_VERSION}: upgrade taskvec."
-            )
         try:
             meta = _parse_meta(raw)
         except (KeyError, ValueError, TypeError) as exc:
@@ -261,3 +247,6 @@ def _parse_meta(raw: dict[str, str]) -> dict[str, Any]:
     if len(set(meta["tasks"])) != len(meta["tasks"]):
         raise ValueError("duplicate task names")
     return meta
+
+
+LOADERS.register(KIND, load_basis)

@@ -14,15 +14,13 @@ fits the basis, runs pass 2 and writes the file; the other ranks write nothing a
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from taskvec import __version__
-from taskvec.basis.basis import FORMAT_VERSION, KIND, Basis
+from taskvec.basis.basis import KIND, Basis
 from taskvec.basis.gram import (
     DEFAULT_CHUNK_ELEMS,
     VectorLike,
@@ -34,10 +32,9 @@ from taskvec.basis.gram import (
     sort_groups,
 )
 from taskvec.basis.registry import BasisMethod, GroupFit, get_method
-from taskvec.basis.writer import PositionalSafetensorsWriter
 from taskvec.errors import FingerprintMismatchError, UserInputError
+from taskvec.formats import PositionalSafetensorsWriter, TensorSpec, encode_metadata, envelope
 from taskvec.io_utils import atomic_path, check_writable
-from taskvec.weights.safetensors_stream import TensorSpec
 
 __all__ = ["build_basis"]
 
@@ -129,9 +126,7 @@ def build_basis(
                 specs.append(TensorSpec(f"mean::{name}", "F32", shape))
             if not meth.random_projection:
                 specs += [TensorSpec(f"basis::{j}::{name}", "F32", shape) for j in range(M)]
-        meta = {
-            "taskvec_kind": KIND,
-            "format_version": FORMAT_VERSION,
+        meta = envelope(KIND, {
             "method": meth.name,
             "M": str(M),
             "T": str(T),
@@ -150,10 +145,7 @@ def build_basis(
             },
             "base_model": base_model,
             "base_fingerprint": base_fp,
-            "taskvec_version": __version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        from taskvec.weights.io import encode_metadata
+        })
 
         with atomic_path(out) as tmp:
             with PositionalSafetensorsWriter(tmp, specs, encode_metadata(meta)) as w:

@@ -25,9 +25,10 @@ from typing import Any
 import torch
 
 from taskvec.basis.registry import GroupStats
-from taskvec.errors import ShapeMismatchError, UserInputError
+from taskvec.errors import UserInputError
 from taskvec.weights.lowrank import LowRankDelta
 from taskvec.weights.vector import TaskVector, layer_of
+from taskvec.weights.vector_source import VectorSource, common_shapes, open_source
 
 __all__ = [
     "DEFAULT_CHUNK_ELEMS",
@@ -94,27 +95,19 @@ class VectorSet:
     """T task vectors (files read lazily, or in-memory ``TaskVector``s) over one name set."""
 
     def __init__(self, items: Sequence[VectorLike]) -> None:
-        from taskvec.weights.stream import vector_source
-
         if not items:
             raise UserInputError("no task vectors given.")
         self.items = list(items)
-        self.sources = [vector_source(x) for x in self.items]
-        self.paths: list[Path | None] = [
-            None if isinstance(x, TaskVector) else Path(x) for x in self.items
-        ]
-        self.shapes: dict[str, tuple[int, ...]] = {}
-        owner: dict[str, int] = {}
-        for i, src in enumerate(self.sources):
-            for name, shape in src.shapes.items():
-                shape = tuple(int(s) for s in shape)
-                if name in self.shapes and self.shapes[name] != shape:
-                    raise ShapeMismatchError(
-                        f'tensor "{name}" is {self.shapes[name]} in {self.label(owner[name])} but {shape} '
-                        f"in {self.label(i)}: the vectors were made for different models."
-                    )
-                if name not in self.shapes:
-                    self.shapes[name], owner[name] = shape, i
+        self.sources: list[VectorSource] = []
+        try:
+            for i, x in enumerate(self.items):
+                self.sources.append(open_source(x, None if not isinstance(x, TaskVector) else f"vector #{i}"))
+        except BaseException:
+            self.close()
+            raise
+        self.paths: list[Path | None] = [s.path if not isinstance(x, TaskVector) else None
+                                         for s, x in zip(self.sources, self.items)]
+        self.shapes = common_shapes(self.sources)
         self.names = sorted(self.shapes, key=_name_order)
         self._buf: torch.Tensor | None = None
 
@@ -159,7 +152,7 @@ class VectorSet:
         if name not in src.shapes:
             out.zero_()
             return
-        d = src.delta(name) if rng is None else src.delta_rows(name, r0, r1)
+        d = src.get(name) if rng is None else src.get_rows(name, r0, r1)
         if isinstance(d, LowRankDelta):
             B, A = d.B.double(), d.A.double()
             torch.matmul(B, A, out=out.view(B.shape[0], A.shape[1]))  # no second dense buffer

@@ -29,6 +29,7 @@ from taskvec.basis.basis import KIND, Basis
 from taskvec.basis.gram import DEFAULT_CHUNK_ELEMS, VectorSet, _row_ranges, layer_key, progress_bar
 from taskvec.errors import ShapeMismatchError, UserInputError, unknown_name
 from taskvec.weights.vector import TaskVector
+from taskvec.weights.vector_source import VectorSource
 
 __all__ = ["ReconstructionWarning", "addition", "info", "is_basis_file", "load_basis_or_vector", "negation", "recover"]
 
@@ -265,28 +266,33 @@ def info(basis: Basis, vectors: Sequence[Any] | None = None, progress: bool = Fa
 # -- helpers for other commands -------------------------------------------------------------
 def is_basis_file(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a taskvec basis file (reads the header only)."""
-    from taskvec.weights.io import read_safetensors_header
+    from taskvec.formats import file_kind
 
     p = Path(path)
-    if p.suffix != ".safetensors" or not p.is_file():
-        return False
-    meta = read_safetensors_header(p).get("__metadata__") or {}
-    return meta.get("taskvec_kind") == KIND
+    return p.suffix == ".safetensors" and p.is_file() and file_kind(p) == KIND
+
+
+def _split_task(path: str | os.PathLike) -> tuple[Path, str | None]:
+    """``BASIS#TASK`` -> (basis path, task); any other path -> (path, None)."""
+    p = Path(path)
+    if not p.exists() and "#" in str(path):
+        head, _, tail = str(path).rpartition("#")
+        if Path(head).exists():
+            return Path(head), tail
+    return p, None
 
 
 def load_basis_or_vector(path: str | os.PathLike, task: str | None = None) -> list[TaskVector]:
-    """Task vector(s) from a vector file, or recovered from a basis file.
+    """Task vector(s) from a vector file, or recovered from a basis file (the one opener of
+    ``BASIS#TASK``).
 
     ``PATH#TASK`` (or ``task=``) selects one task of a basis; a basis without a task gives all of
     its tasks, recovered one by one (each a full dense vector). A vector file gives ``[vector]``.
     """
     from taskvec.weights.io import load_vector
 
-    p = Path(path)
-    if not p.exists() and "#" in str(path):
-        head, _, tail = str(path).rpartition("#")
-        if Path(head).exists():
-            p, task = Path(head), task or tail
+    p, selected = _split_task(path)
+    task = task or selected
     if is_basis_file(p):
         with Basis.load(p) as basis:
             if task is not None:
@@ -295,3 +301,35 @@ def load_basis_or_vector(path: str | os.PathLike, task: str | None = None) -> li
     if task is not None:
         raise UserInputError(f"{p} is a task vector file, not a basis: drop the task selector #{task}.")
     return [load_vector(p)]
+
+
+def load_one_vector(path: str | os.PathLike) -> TaskVector:
+    """One task vector: a vector file, or ``BASIS#TASK`` (a basis of several tasks is refused)."""
+    got = load_basis_or_vector(path)
+    if len(got) != 1:
+        raise UserInputError(f"{path} is a basis of {len(got)} tasks: pick one with {path}#TASK.")
+    return got[0]
+
+
+def open_sources(paths: Sequence[str | os.PathLike]) -> list[VectorSource]:
+    """Sources for merging or streaming: vector files are read lazily; ``BASIS#TASK`` is that
+    task recovered in memory; a bare basis file gives one source per task (``BASIS#TASK``)."""
+    from taskvec.weights.vector_source import MemorySource, open_source
+
+    out: list[VectorSource] = []
+    try:
+        for path in paths:
+            p, task = _split_task(path)
+            if not is_basis_file(p):
+                if task is not None:
+                    raise UserInputError(f"{p} is a task vector file, not a basis: drop the task selector #{task}.")
+                out.append(open_source(p))
+                continue
+            with Basis.load(p) as basis:
+                tasks = [task] if task is not None else list(basis.tasks)
+                out.extend(MemorySource(basis.recover(t), label=f"{p}#{t}", path=p) for t in tasks)
+    except BaseException:
+        for s in out:
+            s.close()
+        raise
+    return out

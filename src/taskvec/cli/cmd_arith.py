@@ -118,12 +118,9 @@ def load_vectors(paths: list[str]) -> tuple[list[Any], list[str]]:
 
 
 def _one_vector(path: str) -> Any:
-    from taskvec.basis import load_basis_or_vector
+    from taskvec.basis import load_one_vector
 
-    got = load_basis_or_vector(path)
-    if len(got) != 1:
-        raise UserInputError(f"{path} is a basis of {len(got)} tasks: select one with {path}#TASK.")
-    return got[0]
+    return load_one_vector(path)
 
 
 def _load_model(args: argparse.Namespace, vectors: list[Any]) -> tuple[Any, Any]:

@@ -50,22 +50,24 @@ def run(args: argparse.Namespace) -> int:
         raise UserInputError(f"--limit must be a positive number, got {args.limit}.")
     if args.shots < 0:
         raise UserInputError(f"--shots must be >= 0, got {args.shots}.")
-    model, tok, _ = load_model_with_vector(args)
-    res = evaluate(
-        model, tok, task, split=split, limit=args.limit, shots=args.shots, seed=args.seed,
-        batch_size=args.batch_size, progress=show_progress(args), exact_match=args.exact_match,
-        shuffle_labels=args.shuffle_labels,
-    )
+    model, tok, vec, ctx = load_model_with_vector(args)
+    with ctx:  # an activation vector acts during the forward passes
+        res = evaluate(
+            model, tok, task, split=split, limit=args.limit, shots=args.shots, seed=args.seed,
+            batch_size=args.batch_size, progress=show_progress(args), exact_match=args.exact_match,
+            shuffle_labels=args.shuffle_labels,
+        )
     from taskvec import dist
 
     if not dist.is_main():  # under torchrun only rank 0 prints
         return 0
-    out = res.to_dict() | {"model": str(args.model), "vector": args.vector, "scale": args.scale if args.vector else None}
+    out = res.to_dict() | {"model": str(args.model), "vector": args.vector,
+                           "vector_kind": vec.kind if vec else None, "scale": vec.scale if vec else None}
     if args.json:
         print_json(out)
         return 0
-    if args.vector:
-        print(f"model: {args.model} + {args.scale:g} x {args.vector}")
+    if vec is not None:
+        print(f"model: {args.model} + {vec.describe(args.vector)}")
     print_table(
         [[args.model, task.name, split, res.n, res.shots, res.metric, res.accuracy,
           res.exact_match, f"{res.seconds:.1f}s"]],

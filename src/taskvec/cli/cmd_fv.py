@@ -209,7 +209,7 @@ def run_fv_means(args: argparse.Namespace) -> int:
         return 0
     av = ActivationVector("head_means", {"head_means": hm.means},
                           hm.metadata() | {"model": str(args.model), "model_fingerprint": fingerprint(model),
-                                           "method": "head_means", "positions": "last"})
+                                           "method": "head_means", "positions": "last", "site": "head_out"})
     av.save(out)
     info = hm.metadata() | {"out": str(out), "shape": list(hm.means.shape),
                             "world_size": dist.world()[1]}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from taskvec.cli.common import add_json, add_model, new_command, print_json
@@ -46,7 +47,6 @@ def run(args: argparse.Namespace) -> int:
         prompt = task.prompt({fields[0]: args.prompt})
     if args.max_new_tokens <= 0:
         raise UserInputError(f"--max-new-tokens must be positive, got {args.max_new_tokens}.")
-    from contextlib import nullcontext
 
     fv = None
     if args.fv:  # an activation vector: validated before any weight is read
@@ -67,8 +67,13 @@ def run(args: argparse.Namespace) -> int:
             raise UserInputError("pass --fv or --soft, not both.")
         soft = load_soft(args.soft)
         soft_positions = positions_from_str(args.soft_positions) if args.soft_positions else None
-    model, tok, _ = load_model_with_vector(args)
-    ctx: Any = nullcontext()
+    if (fv is not None or soft is not None) and args.vector:
+        from taskvec.cli.vector_opts import ACTIVATION_KINDS
+        from taskvec.formats import file_kind
+
+        if Path(args.vector).is_file() and file_kind(args.vector) in ACTIVATION_KINDS:
+            raise UserInputError("--vector is an activation vector too: pass one activation vector.")
+    model, tok, vec, ctx = load_model_with_vector(args)
     if fv is not None:
         fv.check_model(model, force=args.force)
         ctx = fv.intervention(model, scale=fv_scale, positions=positions)
@@ -78,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     with ctx:
         text = greedy_generate(model, tok, [prompt], max_new_tokens=args.max_new_tokens, batch_size=1)[0]
     if args.json:
-        print_json({"prompt": prompt, "completion": text, "vector": args.vector, "scale": args.scale,
+        print_json({"prompt": prompt, "completion": text, "vector": args.vector, "scale": vec.scale if vec else None,
                     "fv": args.fv, "fv_scale": fv_scale if fv is not None else None,
                     "soft": args.soft})
     else:

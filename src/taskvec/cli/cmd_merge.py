@@ -107,7 +107,9 @@ def run(args: argparse.Namespace) -> int:
         method, vectors, out, base_model = args.method, args.vectors, args.out, args.base_model
         weights = args.weights
         params = parse_params(args.param)
-    report = merge_files(method, vectors, out, weights=weights, params=params, force=args.force,
+    from taskvec.basis import open_sources
+
+    report = merge_files(method, open_sources(vectors), out, weights=weights, params=params, force=args.force,
                          base_model=base_model, progress=show_progress(args) and not args.json)
     report.notes[:0] = notes
     from taskvec.cli.cmd_apply import peak_rss_bytes

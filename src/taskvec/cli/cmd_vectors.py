@@ -23,8 +23,9 @@ def register(sub: Any) -> None:
     add_json(p)
     p.set_defaults(func=run_extract)
 
-    p = new_command(sub, "inspect", "show a vector's metadata, size and per-layer/module norms")
-    p.add_argument("vector", help="task vector file")
+    p = new_command(sub, "inspect", "show any taskvec file: a vector's metadata, size and norms; the "
+                    "envelope and tensors of a basis, function / residual / soft vector or head means")
+    p.add_argument("vector", help="a taskvec file (any kind; see docs/formats.md)")
     p.add_argument("--plot", default=None, help="write a layer x module norm heatmap (PNG or .html)")
     p.add_argument("--per-tensor", action="store_true", help="list every tensor")
     add_json(p)
@@ -116,10 +117,48 @@ def norm_grid(tv: Any) -> tuple[list[int | None], list[str], dict[tuple[Any, str
     return layers, modules, {k: v**0.5 for k, v in acc.items()}
 
 
+def _inspect_other_kind(path: Path, kind: str, args: argparse.Namespace) -> int:
+    """Any other taskvec file: validated by its own loader, then its envelope and tensors."""
+    import taskvec.activations.files  # noqa: F401 - each format module registers its loader
+    import taskvec.activations.soft_files  # noqa: F401
+    import taskvec.basis.basis  # noqa: F401
+    from taskvec.formats import KINDS, LOADERS, SafetensorsReader, decode_metadata
+
+    loaded = LOADERS.get(kind)(path)  # every check of that format
+    if hasattr(loaded, "close"):
+        loaded.close()
+    with SafetensorsReader(path) as r:
+        tensors = [[k, r.specs[k].dtype, list(r.specs[k].shape)] for k in r.keys()]
+        meta = decode_metadata(r.metadata)
+    info = {"file": str(path), "kind": kind, "what": KINDS[kind].noun, "use": KINDS[kind].use,
+            "metadata": meta, "tensors": [{"name": n, "dtype": d, "shape": s} for n, d, s in tensors],
+            "bytes_on_disk": path.stat().st_size}
+    if args.json:
+        print_json(info)
+        return 0
+    print(f"{KINDS[kind].noun}: {path} ({_mb(info['bytes_on_disk'])})")
+    for k in ("task", "model", "base_model", "site", "layer", "method", "mode", "scale", "M", "T",
+              "taskvec_version", "created"):
+        if k in meta:
+            print(f"  {k}: {meta[k]}")
+    print(f"  use: {KINDS[kind].use}")
+    print()
+    print_table([[n, d, "x".join(map(str, s)) or "scalar"] for n, d, s in tensors], ["tensor", "dtype", "shape"])
+    return 0
+
+
 def run_inspect(args: argparse.Namespace) -> int:
+    from taskvec.formats import file_kind
     from taskvec.weights import load_vector
 
     path = Path(args.vector)
+    if path.suffix == ".safetensors" and path.is_file():
+        kind = file_kind(path)
+        if kind not in (None, "task_vector"):
+            from taskvec.formats import KINDS
+
+            if kind in KINDS:
+                return _inspect_other_kind(path, kind, args)
     tv = load_vector(path)
     layers, modules, grid = norm_grid(tv)
     meta = {k: v for k, v in tv.metadata.items()}

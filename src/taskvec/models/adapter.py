@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from taskvec.errors import ModelLoadError, ShapeMismatchError, unknown_name
+from taskvec.models.sites import check_site
 from taskvec.registry import Registry
 
 __all__ = [
@@ -216,6 +217,24 @@ class ModelAdapter:
     def residual_module(self, i: int) -> nn.Module:
         """Module whose output (tensor, or tuple with it first) is the residual after layer ``i``."""
         return self._layers[self._index(i)]
+
+    def mlp(self, i: int) -> nn.Module:
+        """The MLP block of layer ``i``."""
+        layer = self._layers[self._index(i)]
+        attr = self._find_attr(layer, ("mlp", "feed_forward", "ffn"), "MLP block")
+        return getattr(layer, attr)
+
+    def site(self, name: str, layer: int) -> tuple[nn.Module, str]:
+        """The module and hook direction (``"pre"`` | ``"forward"``) of a named hook site
+        (:data:`taskvec.models.sites.SITES`: ``head_out``, ``attn_out``, ``mlp_out``,
+        ``resid_pre``, ``resid_post``) at ``layer``."""
+        info = check_site(name)
+        return getattr(self, info.module)(layer), info.direction
+
+    def site_module_name(self, name: str, layer: int) -> str:
+        """The ``named_modules()`` name of a site's module (e.g. ``model.layers.3.self_attn.o_proj``)."""
+        module, _ = self.site(name, layer)
+        return next(n for n, m in self.model.named_modules() if m is module)
 
     def post_attn_norm(self, i: int) -> nn.Module | None:
         """Norm applied to the attention output before the residual add (Gemma), else None."""

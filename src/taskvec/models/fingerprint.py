@@ -8,7 +8,7 @@ safetensors directory lazily (headers plus a few rows), never the whole model.
 from __future__ import annotations
 
 import hashlib
-import json
+import math
 from collections.abc import Callable, Iterator, Mapping
 from os import PathLike
 from pathlib import Path
@@ -17,9 +17,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from taskvec.errors import FileFormatError, MissingFileError, UserInputError
+from taskvec.errors import FingerprintMismatchError, MissingFileError, UserInputError
+from taskvec.formats import DTYPE_FROM_ST, SafetensorsReader, model_safetensors_files, open_tensors
 
-__all__ = ["fingerprint", "sample_indices"]
+__all__ = ["check_fingerprint", "fingerprint", "fingerprint_tensors", "recorded_fingerprint", "sample_indices"]
 
 N_FIRST = 16  # leading elements sampled per tensor
 N_STRIDED = 64  # evenly spaced elements sampled per tensor
@@ -59,63 +60,23 @@ def _tensor_entries(state: Mapping[str, torch.Tensor]) -> Iterator[tuple[str, _E
         yield name, (tuple(t.shape), t.dtype, fetch)
 
 
-def _safetensors_files(path: Path) -> list[Path]:
-    if path.is_file():
-        return [path]
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (ValueError, KeyError) as e:
-            raise FileFormatError(f"{index} is not a valid safetensors index ({e}).") from None
-        return [path / f for f in sorted(set(weight_map.values()))]
-    files = sorted(path.glob("model*.safetensors")) or sorted(path.glob("*.safetensors"))
-    if not files:
-        raise FileFormatError(f"no .safetensors files in {path}; save the model with safetensors.")
-    return files
+def reader_entries(readers: Mapping[str, SafetensorsReader]) -> Iterator[tuple[str, _Entry]]:
+    """Entries of tensors in safetensors files (name -> its reader), reading only sampled rows."""
+    for name, r in readers.items():
+        spec = r.specs[name]
 
+        def fetch(idx: list[int], r: SafetensorsReader = r, name: str = name,
+                  shape: tuple[int, ...] = spec.shape) -> torch.Tensor:
+            if len(shape) <= 1:
+                return r.get_tensor(name).reshape(-1)[idx]
+            row = math.prod(shape[1:])
+            rows: dict[int, torch.Tensor] = {}
+            for k in idx:  # read only the rows holding sampled elements
+                if k // row not in rows:
+                    rows[k // row] = r.get_rows(name, k // row, k // row + 1).reshape(-1)
+            return torch.stack([rows[k // row][k % row] for k in idx])
 
-def _dir_entries(path: Path, stack: Any) -> Iterator[tuple[str, _Entry]]:
-    from safetensors import safe_open
-
-    from taskvec.weights.safetensors_stream import DTYPE_FROM_ST
-
-    for file in _safetensors_files(path):
-        try:
-            f = stack.enter_context(safe_open(str(file), framework="pt"))
-        except Exception as e:  # safetensors raises its own error types
-            raise FileFormatError(f"cannot read {file} as safetensors: {e}") from None
-        for name in f.keys():
-            sl = f.get_slice(name)
-            shape = tuple(int(s) for s in sl.get_shape())
-            dtype = DTYPE_FROM_ST.get(sl.get_dtype())
-            if dtype is None:
-                raise FileFormatError(
-                    f"tensor {name!r} in {file} has unsupported dtype {sl.get_dtype()}."
-                )
-
-            def fetch(
-                idx: list[int],
-                f: Any = f,
-                sl: Any = sl,
-                name: str = name,
-                shape: tuple[int, ...] = shape,
-            ) -> torch.Tensor:
-                if len(shape) <= 1:
-                    return f.get_tensor(name).reshape(-1)[idx]
-                row = 1
-                for s in shape[1:]:
-                    row *= s
-                rows: dict[int, torch.Tensor] = {}
-                out = []
-                for k in idx:  # read only the rows holding sampled elements
-                    r = k // row
-                    if r not in rows:
-                        rows[r] = sl[r : r + 1].reshape(-1)
-                    out.append(rows[r][k % row])
-                return torch.stack(out)
-
-            yield name, (shape, dtype, fetch)
+        yield name, (spec.shape, DTYPE_FROM_ST[spec.dtype], fetch)
 
 
 def _record(shape: tuple[int, ...], dtype: torch.dtype, fetch: Callable) -> bytes:
@@ -141,11 +102,18 @@ def _digest(entries: Iterator[tuple[str, _Entry]]) -> str:
     return h.hexdigest()[:DIGEST_CHARS]
 
 
+def fingerprint_tensors(readers: Mapping[str, SafetensorsReader]) -> str:
+    """:func:`fingerprint` of tensors held in safetensors files (name -> the reader holding it),
+    e.g. from :func:`taskvec.formats.open_tensors`; positional reads of the sampled rows only."""
+    return _digest(reader_entries(readers))
+
+
 def fingerprint(obj: nn.Module | Mapping[str, torch.Tensor] | str | PathLike) -> str:
     """16-hex-char sha256 of a model's weights: names, shapes, dtypes and sampled values.
 
     ``obj`` is a model (its ``state_dict()``), a state dict (name -> tensor), or a path to a
-    Hugging Face model directory / ``.safetensors`` file (read lazily with ``safe_open``).
+    Hugging Face model directory / ``.safetensors`` file (headers, then only the sampled rows,
+    with positional reads).
     Per tensor, the first 16 and 64 evenly spaced elements are hashed as float32.
 
     Tied weights: the fingerprint covers the unique *stored* tensors. An output head
@@ -154,8 +122,6 @@ def fingerprint(obj: nn.Module | Mapping[str, torch.Tensor] | str | PathLike) ->
     since ``save_pretrained`` does not store tied heads. The rule depends only on the tensors,
     so a model, its state dict and its saved directory all give the same fingerprint.
     """
-    from contextlib import ExitStack
-
     if isinstance(obj, nn.Module):
         return _digest(_tensor_entries(obj.state_dict()))
     if isinstance(obj, Mapping):
@@ -166,8 +132,49 @@ def fingerprint(obj: nn.Module | Mapping[str, torch.Tensor] | str | PathLike) ->
             raise MissingFileError(
                 f"{path} does not exist; give a model directory or .safetensors file."
             )
-        with ExitStack() as stack:
-            return _digest(_dir_entries(path, stack))
+        readers, _ = open_tensors(model_safetensors_files(path))
+        try:
+            return fingerprint_tensors(readers)
+        finally:
+            for r in set(readers.values()):
+                r.close()
     raise UserInputError(
         f"cannot fingerprint a {type(obj).__name__}; give a model, a state dict or a directory."
     )
+
+
+#: metadata keys that record the model a file was made from (weight vectors and bases use the
+#: first, activation files the second)
+FINGERPRINT_KEYS = ("base_fingerprint", "model_fingerprint")
+
+
+def recorded_fingerprint(metadata: Mapping[str, Any]) -> str | None:
+    """The model fingerprint a file's metadata records (under either key), or None."""
+    return next((str(metadata[k]) for k in FINGERPRINT_KEYS if metadata.get(k)), None)
+
+
+def check_fingerprint(
+    have: str | Callable[[], str] | nn.Module | PathLike,
+    metadata: Mapping[str, Any],
+    made: str = "this vector was made on",
+    force: bool = False,
+) -> bool:
+    """Refuse, unless ``force``, a model whose fingerprint is not the one ``metadata`` records.
+
+    ``have``: the model's fingerprint (a ``str``), a function computing it (called only when
+    needed), or a model / directory path (``os.PathLike``) to fingerprint. ``made`` starts the message. Returns whether a check ran.
+    """
+    want = recorded_fingerprint(metadata)
+    if not want or force:
+        return False
+    if isinstance(have, (nn.Module, PathLike)):
+        have = fingerprint(have)
+    elif callable(have):
+        have = have()
+    if have != want:
+        name = metadata.get("base_model") or metadata.get("model") or "?"
+        raise FingerprintMismatchError(
+            f"{made} {name} (fingerprint {want}) but the given model has fingerprint {have}: "
+            "use the matching model, or pass --force."
+        )
+    return True

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from taskvec.errors import FingerprintMismatchError, NonFiniteError, ShapeMismatchError
+from taskvec.errors import NonFiniteError, ShapeMismatchError
 from taskvec.weights.lowrank import LowRankDelta
 
 if TYPE_CHECKING:
@@ -65,15 +66,7 @@ def apply_in_place(vector: TaskVector, model: Any, scale: float = 1.0) -> None:
 
 def check_fingerprint(vector: TaskVector, model_or_dir: Any, force: bool = False) -> None:
     """Raise ``FingerprintMismatchError`` if the vector was made on a different base."""
-    want = vector.metadata.get("base_fingerprint")
-    if not want or force:
-        return
-    from taskvec.models.fingerprint import fingerprint
+    from taskvec.models.fingerprint import check_fingerprint as check
 
-    have = fingerprint(model_or_dir)
-    if have != want:
-        base = vector.metadata.get("base_model", "?")
-        raise FingerprintMismatchError(
-            f"this vector was made on base {base} (fingerprint {want}) but the given base has "
-            f"fingerprint {have}: use the matching base model, or pass --force to apply anyway."
-        )
+    have = Path(model_or_dir) if isinstance(model_or_dir, str) else model_or_dir
+    check(have, vector.metadata, "this vector was made on base", force)

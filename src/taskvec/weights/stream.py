@@ -4,7 +4,7 @@
 one tensor at a time, in row blocks of at most ``CHUNK_BYTES`` (16 MiB of float32), adds
 ``scale * delta`` (dense rows, or ``B[rows] @ A`` for a low-rank delta) in float32, rounds once
 to the tensor's own dtype, and appends the block to the output through
-:class:`~taskvec.weights.safetensors_stream.StreamingSafetensorsWriter`, whose header (names,
+:class:`~taskvec.formats.StreamingSafetensorsWriter`, whose header (names,
 dtypes, shapes, offsets) is known up front from the input headers. A vector file is read
 lazily the same way. Peak memory is the interpreter plus a few row blocks, whatever the model
 size (see docs/benchmarks.md); the result is bitwise equal to ``TaskVector.apply_to``.
@@ -30,25 +30,24 @@ from typing import Any
 import torch
 
 from taskvec.errors import (
-    FingerprintMismatchError,
     NonFiniteError,
     ShapeMismatchError,
     UserInputError,
 )
-from taskvec.io_utils import atomic_dir
-from taskvec.weights.lowrank import LowRankDelta
-from taskvec.weights.safetensors_stream import (
+from taskvec.formats import (
     INDEX_NAME,
     SafetensorsReader,
     StreamingSafetensorsWriter,
     TensorSpec,
     dtype_size,
-    fingerprint_tensors,
     model_safetensors_files,
     open_tensors,
 )
+from taskvec.io_utils import atomic_dir
+from taskvec.models.fingerprint import check_fingerprint, fingerprint_tensors
+from taskvec.weights.lowrank import LowRankDelta
 from taskvec.weights.vector import TaskVector
-from taskvec.weights.vector_file import VectorFile
+from taskvec.weights.vector_source import VectorSource, open_source
 
 __all__ = [
     "CHUNK_BYTES",
@@ -98,57 +97,9 @@ class ApplyReport:
         }
 
 
-# -- the vector: in memory or read lazily from its file ---------------------------------------
-class _VectorSource:
-    """Names, shapes and per-tensor deltas of a task vector (``scale`` not applied)."""
-
-    def __init__(self, vector: TaskVector | None = None, path: Path | None = None) -> None:
-        self.path = path
-        self._vector = vector
-        self.lazy = vector is None  # deltas are read from the file on demand (fresh tensors)
-        self._file: VectorFile | None = None
-        if vector is not None:
-            self.metadata = dict(vector.metadata)
-            self.shapes = {k: tuple(int(s) for s in d.shape) for k, d in vector.items()}
-        else:
-            assert path is not None
-            self._file = VectorFile(path)
-            self.metadata = self._file.metadata
-            self.shapes = self._file.shapes
-
-    def delta(self, name: str) -> torch.Tensor | LowRankDelta:
-        """The delta of one tensor, read now (only this tensor's data)."""
-        if self._vector is not None:
-            return self._vector[name]
-        assert self._file is not None
-        return self._file.delta(name)
-
-    def delta_rows(self, name: str, start: int, stop: int) -> torch.Tensor | LowRankDelta:
-        """Rows ``start:stop`` of one delta (the low-rank ``A`` factor is read once per tensor)."""
-        if self._vector is not None:
-            d = self._vector[name]
-            if isinstance(d, LowRankDelta):
-                return LowRankDelta(d.A, d.B[start:stop], d.scale)
-            return d[start:stop]
-        assert self._file is not None
-        return self._file.delta_rows(name, start, stop)
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-
-
-def vector_source(vector: TaskVector | str | os.PathLike) -> _VectorSource:
-    """A lazy, tensor-by-tensor view of a task vector: a ``.safetensors`` file is read on demand
-    (headers only up front), a ``TaskVector`` or ``.pth`` file is held in memory."""
-    if isinstance(vector, TaskVector):
-        return _VectorSource(vector=vector)
-    path = Path(vector)
-    if path.suffix == ".safetensors" and path.is_file():
-        return _VectorSource(path=path)
-    from taskvec.weights.io import load_vector
-
-    return _VectorSource(vector=load_vector(path), path=path)  # .pth files, and the usual errors
+def vector_source(vector: TaskVector | str | os.PathLike) -> VectorSource:
+    """A lazy, tensor-by-tensor view of a task vector (:func:`taskvec.weights.vector_source.open_source`)."""
+    return open_source(vector)
 
 
 def _update(delta: torch.Tensor | LowRankDelta, scale: float, owned: bool) -> torch.Tensor:
@@ -178,7 +129,7 @@ def _config(base_dir: Path) -> dict[str, Any]:
     return cfg if isinstance(cfg, dict) else {}
 
 
-def _check_names(source: _VectorSource, base: dict[str, SafetensorsReader], base_dir: Path) -> None:
+def _check_names(source: VectorSource, base: dict[str, SafetensorsReader], base_dir: Path) -> None:
     """Every vector tensor exists in the base files, with the same shape and a float dtype."""
     cfg = None
     for name, shape in source.shapes.items():
@@ -275,14 +226,14 @@ def _row_ranges(spec: TensorSpec) -> list[tuple[int, int]] | None:
     return [(a, min(spec.shape[0], a + step)) for a in range(0, spec.shape[0], step)]
 
 
-def _parts(spec: TensorSpec, reader: SafetensorsReader, source: _VectorSource, scale: float) -> Iterator[torch.Tensor]:
+def _parts(spec: TensorSpec, reader: SafetensorsReader, source: VectorSource, scale: float) -> Iterator[torch.Tensor]:
     """The output tensor, row block by row block: ``base + scale * delta`` in its own dtype."""
     name = spec.name
     changed = name in source.shapes
     for rng in _row_ranges(spec) or [None]:
         t = reader.get_tensor(name) if rng is None else reader.get_rows(name, *rng)
         if changed:
-            d = source.delta(name) if rng is None else source.delta_rows(name, *rng)
+            d = source.get(name) if rng is None else source.get_rows(name, *rng)
             try:
                 upd = _update(d, scale, owned=source.lazy)
             except NonFiniteError:
@@ -297,18 +248,6 @@ def _parts(spec: TensorSpec, reader: SafetensorsReader, source: _VectorSource, s
             del upd
         yield t
         del t
-
-
-def _check_fingerprint(metadata: dict[str, Any], readers: dict[str, SafetensorsReader]) -> None:
-    """``FingerprintMismatchError`` unless the base's fingerprint is the vector's."""
-    want = metadata.get("base_fingerprint")
-    have = fingerprint_tensors(readers)
-    if want and have != want:
-        raise FingerprintMismatchError(
-            f"this vector was made on base {metadata.get('base_model', '?')} (fingerprint {want}) but "
-            f"the given base has fingerprint {have}: use the matching base model, or pass --force "
-            "to apply anyway."
-        )
 
 
 def stream_apply_report(
@@ -339,8 +278,7 @@ def stream_apply_report(
         readers, specs = open_tensors(model_safetensors_files(base))
         _check_names(source, readers, base)
         want = source.metadata.get("base_fingerprint")
-        if want and not force:
-            _check_fingerprint(source.metadata, readers)
+        check_fingerprint(lambda: fingerprint_tensors(readers), source.metadata, force=force)
         shards = plan_shards(specs, max_shard_bytes)
         names = _shard_names(len(shards))
         applied = {

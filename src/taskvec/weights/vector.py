@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from taskvec.errors import NonFiniteError, ShapeMismatchError, UserInputError
+from taskvec.errors import NonFiniteError, ShapeMismatchError
 from taskvec.weights.lowrank import Delta, LowRankDelta, dense_of, svd_low_rank
 
 _LAYER_RE = re.compile(r"(?:^|\.)(?:layers|h|layer|blocks)\.(\d+)\.")
@@ -32,16 +32,12 @@ def module_kind(name: str) -> str:
 def _state_items(obj: Any) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, tensor) pairs of a model (unique parameters), a state dict or a HF directory."""
     if isinstance(obj, (str, os.PathLike)):
-        from safetensors import safe_open
+        from taskvec.formats import SafetensorsReader, model_safetensors_files
 
-        d = Path(obj)
-        files = sorted(d.glob("*.safetensors"))
-        if not files:
-            raise UserInputError(f"{d} has no .safetensors files: pass a Hugging Face model directory.")
-        for f in files:
-            with safe_open(str(f), framework="pt") as fh:
-                for k in fh.keys():
-                    yield k, fh.get_tensor(k)
+        for f in model_safetensors_files(Path(obj)):  # the shard index, when there is one
+            with SafetensorsReader(f) as r:
+                for k in r.keys():
+                    yield k, r.get_tensor(k)
         return
     if isinstance(obj, Mapping):
         yield from obj.items()

@@ -1,28 +1,68 @@
-"""A taskvec ``.safetensors`` vector file read lazily: the header up front, each delta on demand.
+"""The task vector ``.safetensors`` format: its one reader and its one writer.
 
-One reader for every place that streams vector files (``stream_apply``, merging, the basis
-Gram pass): the header is parsed and checked (``taskvec_kind``, ``format_version``, the
-``dense::`` / ``lora_A::`` / ``lora_B::`` keys, factor shapes, low-rank scales) before any
-tensor data is read, then :meth:`VectorFile.delta` and :meth:`VectorFile.delta_rows` read
-only the bytes asked for, with positional reads (no memory map). The file layout is described
-in :mod:`taskvec.weights.io`; ``load_vector`` reads a whole file into a ``TaskVector``.
+Layout: tensors ``dense::<name>`` (the delta), or ``lora_A::<name>`` (r, in) and
+``lora_B::<name>`` (out, r) for a low-rank delta ``scale * B @ A``; metadata (strings, in the
+:mod:`taskvec.formats` envelope, kind ``task_vector``): ``storage`` (dense | low-rank | mixed),
+``scales`` (JSON {name: float}), ``base_model``, ``base_fingerprint``, ``task``, ``recipe``
+(JSON), and any other provenance.
+
+- :class:`VectorFile` opens a file lazily: the header is parsed and checked (envelope, keys,
+  float dtypes, factor shapes, scales) before any tensor data is read; :meth:`VectorFile.delta`
+  and :meth:`VectorFile.delta_rows` then read only the bytes asked for (positional reads).
+  :func:`read_vector_file` is "open lazily, read every tensor", so the same checks guard every
+  command that takes a vector file.
+- :class:`VectorWriter` writes one, header first, tensor by tensor (merges stream through it;
+  :func:`write_vector_file` writes a ``TaskVector`` through it too). Atomic: temp file + rename.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import torch
 
-from taskvec.errors import FileFormatError, NonFiniteError
-from taskvec.weights.io import read_vector_metadata, split_vector_key
+from taskvec.errors import FileFormatError, MissingFileError, NonFiniteError, UserInputError
+from taskvec.formats import (
+    LOADERS,
+    ST_FROM_DTYPE,
+    SafetensorsReader,
+    StreamingSafetensorsWriter,
+    TensorSpec,
+    encode_metadata,
+    envelope,
+    read_envelope,
+)
+from taskvec.io_utils import atomic_path
 from taskvec.weights.lowrank import Delta, LowRankDelta
-from taskvec.weights.safetensors_stream import SafetensorsReader
+from taskvec.weights.vector import TaskVector
 
-__all__ = ["VectorFile"]
+__all__ = ["KIND", "VectorFile", "VectorWriter", "read_vector_file", "write_vector_file"]
+
+KIND = "task_vector"
+PREFIXES = ("dense", "lora_A", "lora_B")
+_FLOAT = ("F64", "F32", "F16", "BF16")
+
+
+def check_vector_path(path: Path, dir_hint: str) -> None:
+    """``MissingFileError`` for a missing vector file, ``UserInputError`` (with ``dir_hint``) for a directory."""
+    if not path.exists():
+        raise MissingFileError(f"vector file {path} does not exist.")
+    if path.is_dir():
+        raise UserInputError(f"{path} is a directory: {dir_hint}")
+
+
+def _split_key(path: Any, key: str) -> tuple[str, str]:
+    """``"lora_A::<name>"`` -> ``("lora_A", "<name>")``; refuse keys a vector file cannot hold."""
+    prefix, _, name = key.partition("::")
+    if prefix not in PREFIXES or not name:
+        raise FileFormatError(f'{path} has an unexpected tensor "{key}": not a taskvec vector file.')
+    return prefix, name
 
 
 class VectorFile:
@@ -34,12 +74,22 @@ class VectorFile:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
+        check_vector_path(
+            self.path, "pass a vector file (for a PEFT adapter directory use `taskvec extract --finetuned DIR`)."
+        )
+        _, meta, _ = read_envelope(self.path, KIND, "vector")
         reader = SafetensorsReader(self.path)  # validates the header against the file size
-        meta = read_vector_metadata(path, reader.metadata)
         scales = meta.pop("scales", {}) or {}
+        if not isinstance(scales, dict):
+            raise FileFormatError(f"{path} has malformed low-rank scales in its metadata: the file is corrupted.")
         groups: dict[str, dict[str, str]] = {}
         for key in reader.keys():
-            prefix, name = split_vector_key(path, key)
+            prefix, name = _split_key(path, key)
+            if reader.specs[key].dtype not in _FLOAT:
+                raise FileFormatError(
+                    f'{path}: tensor "{key}" has dtype {reader.specs[key].dtype}; task vectors hold '
+                    "floating-point deltas."
+                )
             groups.setdefault(name, {})[prefix] = key
         self._keys: dict[str, tuple[str, ...]] = {}
         self._scales: dict[str, float] = {}
@@ -58,14 +108,13 @@ class VectorFile:
                 raise FileFormatError(
                     f'{path}: low-rank factors of "{name}" do not fit (A {a}, B {b}): the file is corrupted.'
                 )
-            try:
-                scale = float(scales[name])
-            except (KeyError, TypeError, ValueError):
-                raise FileFormatError(f'{path} has no scale for low-rank tensor "{name}": the file is corrupted.') from None
+            scale = scales.get(name)
+            if not isinstance(scale, (int, float)) or isinstance(scale, bool):
+                raise FileFormatError(f'{path} has no scale for low-rank tensor "{name}": the file is corrupted.')
             if not math.isfinite(scale):
                 raise NonFiniteError(f'{path}: tensor "{name}" has a non-finite scale; rebuild the vector.')
             self._keys[name] = (g["lora_A"], g["lora_B"])
-            self._scales[name] = scale
+            self._scales[name] = float(scale)
             self.shapes[name] = (b[0], a[1])
         self.names: list[str] = list(groups)
         self.metadata: dict[str, Any] = meta
@@ -92,8 +141,120 @@ class VectorFile:
         if self._a_cache[0] != name:
             self._a_cache = (name, self._reader.get_tensor(keys[0]))
         A = self._a_cache[1]
-        assert A is not None
+        assert A is not None  # set just above
         return LowRankDelta(A, self._reader.get_rows(keys[1], start, stop), self._scales[name])
 
     def close(self) -> None:
         self._reader.close()
+
+    def __enter__(self) -> VectorFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_vector_file(path: str | os.PathLike) -> TaskVector:
+    """Read a whole vector file: :class:`VectorFile`'s checks, then every tensor."""
+    with VectorFile(path) as vf:
+        tv = TaskVector({name: vf.delta(name) for name in vf.names}, vf.metadata)
+    tv.check_finite()
+    return tv
+
+
+# -- the writer -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Entry:
+    """One delta of a vector file to be written: name, (out, in) shape, rank (None: dense), dtype."""
+
+    name: str
+    shape: tuple[int, ...]
+    rank: int | None = None
+    dtype: torch.dtype = torch.float32
+
+
+def _storage(entries: Sequence[Entry]) -> str:
+    n_low = sum(e.rank is not None for e in entries)
+    return "dense" if n_low == 0 else ("low-rank" if n_low == len(entries) else "mixed")
+
+
+class VectorWriter:
+    """Write a vector file header first, then each delta in ``entries`` order (atomic).
+
+    ``scales``: the low-rank scales to record (known up front, e.g. for a whole ``TaskVector``);
+    without them every low-rank delta's scale is folded into ``B`` and recorded as 1.0, which
+    is what a streaming merge needs (its results are not known when the header is written).
+    """
+
+    def __init__(self, path: str | os.PathLike, entries: Sequence[Entry], metadata: Mapping[str, Any],
+                 scales: Mapping[str, float] | None = None) -> None:
+        self.path = Path(path)
+        self.entries = {e.name: e for e in entries}
+        self.scales = dict(scales) if scales is not None else None
+        specs: list[TensorSpec] = []
+        for e in entries:
+            st = ST_FROM_DTYPE.get(e.dtype)
+            if st not in _FLOAT:
+                raise UserInputError(f'"{e.name}" is {e.dtype}: task vectors hold floating-point deltas.')
+            if e.rank is None:
+                specs.append(TensorSpec(f"dense::{e.name}", st, e.shape))
+            else:
+                specs += [TensorSpec(f"lora_A::{e.name}", st, (e.rank, e.shape[1])),
+                          TensorSpec(f"lora_B::{e.name}", st, (e.shape[0], e.rank))]
+        recorded = {e.name: (self.scales or {}).get(e.name, 1.0) for e in entries if e.rank is not None}
+        meta = envelope(KIND, dict(metadata) | {"storage": _storage(entries), "scales": recorded})
+        self.bytes_written = 0
+        self._atomic = atomic_path(self.path)
+        tmp = self._atomic.__enter__()
+        try:
+            self._writer = StreamingSafetensorsWriter(tmp, specs, encode_metadata(meta))
+        except BaseException as exc:
+            self._atomic.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+
+    def write(self, name: str, delta: Delta) -> None:
+        """Append the next delta (its form must match the declared entry)."""
+        e = self.entries[name]
+        if (e.rank is None) == isinstance(delta, LowRankDelta):
+            raise UserInputError(f'"{name}" was declared {"dense" if e.rank is None else "low-rank"}.')
+        if isinstance(delta, LowRankDelta):
+            B = delta.B.to(e.dtype)
+            if self.scales is None and delta.scale != 1.0:
+                B = (delta.B.to(torch.float32) * delta.scale).to(e.dtype)  # folded: scale 1.0
+            elif self.scales is not None and delta.scale != self.scales.get(name):
+                raise UserInputError(f'"{name}" has scale {delta.scale}, the header records {self.scales.get(name)}.')
+            self.bytes_written += self._writer.write(f"lora_A::{name}", delta.A.to(e.dtype).contiguous())
+            self.bytes_written += self._writer.write(f"lora_B::{name}", B.contiguous())
+        else:
+            self.bytes_written += self._writer.write(f"dense::{name}", delta.to(e.dtype).contiguous())
+
+    def __enter__(self) -> VectorWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        try:
+            self._writer.__exit__(exc_type, exc, tb)
+        except BaseException as err:
+            self._atomic.__exit__(type(err), err, err.__traceback__)
+            raise
+        self._atomic.__exit__(exc_type, exc, tb)
+
+
+def write_vector_file(vector: TaskVector, path: str | os.PathLike) -> Path:
+    """Write a ``TaskVector`` as a ``.safetensors`` vector file (its own dtypes and scales)."""
+    vector.check_finite()
+    entries, scales = [], {}
+    for name, d in vector.items():
+        if isinstance(d, LowRankDelta):
+            entries.append(Entry(name, tuple(d.shape), d.rank, d.B.dtype))
+            scales[name] = float(d.scale)
+        else:
+            entries.append(Entry(name, tuple(d.shape), None, d.dtype))
+    with VectorWriter(path, entries, vector.metadata, scales) as w:
+        for name, d in vector.items():
+            w.write(name, d)
+    return Path(path)
+
+
+LOADERS.register(KIND, read_vector_file)

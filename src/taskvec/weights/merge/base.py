@@ -18,8 +18,8 @@ from taskvec.errors import UserInputError, did_you_mean
 from taskvec.weights.lowrank import Delta
 
 if TYPE_CHECKING:
-    from taskvec.weights.merge.sources import VectorSource
     from taskvec.weights.vector import TaskVector
+    from taskvec.weights.vector_source import VectorSource
 
 #: keyword-friendly spellings of parameter names (``lambda`` is a Python keyword)
 ALIASES = {"lam": "lambda", "scaling_coef": "lambda", "alpha": "lambda"}

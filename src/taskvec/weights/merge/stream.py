@@ -4,7 +4,7 @@
 shapes and base fingerprints, fixes the output header (dense, or low-rank with a known rank
 for ``task_arithmetic`` on all-low-rank inputs), then for each tensor name reads that tensor
 from every input, merges it and appends it to the output with
-:class:`~taskvec.weights.safetensors_stream.StreamingSafetensorsWriter`. The file is written
+:class:`~taskvec.formats.StreamingSafetensorsWriter`. The file is written
 under a temp name and renamed when complete (``taskvec.io_utils.atomic_path``).
 
 Peak memory ~ (T + c) x the largest tensor in float32 (T inputs, densified if the method
@@ -21,18 +21,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from taskvec.errors import FingerprintMismatchError, ShapeMismatchError, UserInputError
+from taskvec.errors import FingerprintMismatchError, UserInputError
 from taskvec.weights.lowrank import Delta, LowRankDelta, dense_of
 from taskvec.weights.merge.base import MergeMethod
 from taskvec.weights.merge.registry import get_method
-from taskvec.weights.merge.sources import (
+from taskvec.weights.vector import TaskVector
+from taskvec.weights.vector_source import (
     MemorySource,
     VectorSource,
     check_finite,
-    expand_basis_paths,
+    common_shapes,
     open_source,
 )
-from taskvec.weights.vector import TaskVector
 
 
 @dataclass(frozen=True)
@@ -71,22 +71,11 @@ class MergeReport:
 
 def plan(method: MergeMethod, sources: Sequence[VectorSource]) -> list[OutSpec]:
     """Output tensors in input order; refuses shapes that differ between inputs."""
-    order: dict[str, None] = {}
-    for src in sources:
-        order.update(dict.fromkeys(src.names))
     specs = []
-    for name in order:
-        have = [s for s in sources if name in s]
-        shape = have[0].shapes[name]
-        for s in have[1:]:
-            if s.shapes[name] != shape:
-                raise ShapeMismatchError(
-                    f'"{name}" is {shape} in {have[0].label} but {s.shapes[name]} in {s.label}: '
-                    "merge vectors of the same base model."
-                )
-        ranks = [s.rank(name) for s in have]
+    for name, shape in common_shapes(sources).items():
+        ranks = [s.rank(name) for s in sources if name in s]
         low = method.preserves_low_rank and all(r is not None for r in ranks)
-        specs.append(OutSpec(name, tuple(shape), sum(r or 0 for r in ranks) if low else None))
+        specs.append(OutSpec(name, shape, sum(r or 0 for r in ranks) if low else None))
     return specs
 
 
@@ -118,14 +107,10 @@ def _check_base_model(base_model: str, base: dict[str, Any], force: bool) -> lis
     """Compare a configured ``base_model`` with what the vectors recorded."""
     fp, name = base.get("base_fingerprint"), base.get("base_model")
     if Path(base_model).is_dir() and fp:
-        from taskvec.models.fingerprint import fingerprint
+        from taskvec.models.fingerprint import check_fingerprint, fingerprint
 
-        have = fingerprint(base_model)
-        if have != fp and not force:
-            raise FingerprintMismatchError(
-                f"base_model {base_model} has fingerprint {have} but the vectors were made on {fp}: "
-                "use the matching base, or pass --force."
-            )
+        have = fingerprint(Path(base_model))
+        check_fingerprint(have, base, f"base_model {base_model} is not the base the vectors were made on:", force)
         return [] if have == fp else [f"base_model {base_model} does not match the vectors' base (forced)"]
     if name is None or base_model in (name, fp):
         return []
@@ -195,57 +180,44 @@ def merge_vectors(method: str | MergeMethod, vectors: Sequence[TaskVector], weig
     return tv
 
 
-def merge_files(method: str | MergeMethod, paths: Sequence[str | os.PathLike], out: str | os.PathLike,
+def merge_files(method: str | MergeMethod, inputs: Sequence[str | os.PathLike | VectorSource], out: str | os.PathLike,
                 weights: Sequence[float] | None = None, params: dict[str, Any] | None = None, force: bool = False,
                 base_model: str | None = None, progress: bool = False) -> MergeReport:
-    """Merge vector files into ``out`` (.safetensors), streaming tensor by tensor (atomic write)."""
-    from taskvec import __version__
-    from taskvec.io_utils import atomic_path, check_writable
-    from taskvec.weights.io import FORMAT_VERSION, KIND, encode_metadata
-    from taskvec.weights.safetensors_stream import StreamingSafetensorsWriter, TensorSpec
+    """Merge vectors into ``out`` (.safetensors), streaming tensor by tensor (atomic write).
+
+    ``inputs``: vector files (read lazily) or open :class:`VectorSource`s (for a task of a basis
+    file use :func:`taskvec.basis.open_sources`, which the CLI does for ``BASIS#TASK``).
+    """
+    from taskvec.io_utils import check_writable
+    from taskvec.weights.vector_file import Entry, VectorWriter
 
     t0 = time.perf_counter()
     m = get_method(method)
-    paths = [Path(p) for p in expand_basis_paths(paths)]  # a bare basis file: one input per task
-    w, p, notes = m.validate(weights, params or {}, len(paths))
-    files = tuple(Path(str(q).rpartition("#")[0]) if "#" in q.name and not q.exists() else q for q in paths)
+    w, p, notes = m.validate(weights, params or {}, len(inputs))
+    files = tuple(Path(x) for x in inputs if not isinstance(x, VectorSource))
+    files += tuple(x.path for x in inputs if isinstance(x, VectorSource) and x.path is not None)
     out = check_writable(out, files)
     if out.suffix != ".safetensors":
         raise UserInputError(f"the merged vector is written as .safetensors, got {out.name}: rename --out.")
     sources: list[VectorSource] = []
     try:
-        for path in paths:
-            sources.append(open_source(path))
+        for x in inputs:
+            sources.append(open_source(x))
         base, base_notes = common_base(sources, force, base_model)
         notes = notes + base_notes
         specs = plan(m, sources)
         p = m.prepare(sources, w, p)
-        tspecs: list[TensorSpec] = []
-        for s in specs:
-            if s.rank is None:
-                tspecs.append(TensorSpec(f"dense::{s.name}", "F32", s.shape))
-            else:
-                tspecs.append(TensorSpec(f"lora_A::{s.name}", "F32", (s.rank, s.shape[1])))
-                tspecs.append(TensorSpec(f"lora_B::{s.name}", "F32", (s.shape[0], s.rank)))
+        entries = [Entry(s.name, s.shape, s.rank) for s in specs]
         n_low = sum(s.rank is not None for s in specs)
-        storage = "dense" if n_low == 0 else ("low-rank" if n_low == len(specs) else "mixed")
-        meta = merge_metadata(m, sources, w, p, base, notes) | {
-            "taskvec_kind": KIND, "format_version": FORMAT_VERSION, "storage": storage,
-            "scales": {s.name: 1.0 for s in specs if s.rank is not None},
-            "taskvec_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
+        meta = merge_metadata(m, sources, w, p, base, notes)
         report = MergeReport(out, m.name, [s.label for s in sources], w, meta["merge"]["params"],
-                             tensors=len(specs), low_rank_tensors=n_low, storage=storage, notes=notes)
-        with atomic_path(out) as tmp:
-            with StreamingSafetensorsWriter(tmp, tspecs, encode_metadata(meta)) as writer:
-                for spec, d in merged_tensors(m, sources, w, p, specs, progress):
-                    if isinstance(d, LowRankDelta):
-                        B = d.B.float() * d.scale if d.scale != 1.0 else d.B.float()
-                        report.bytes_written += writer.write(f"lora_A::{spec.name}", d.A.float().contiguous())
-                        report.bytes_written += writer.write(f"lora_B::{spec.name}", B.contiguous())
-                    else:
-                        report.bytes_written += writer.write(f"dense::{spec.name}", dense_of(d).contiguous())
-                    del d
+                             tensors=len(specs), low_rank_tensors=n_low, notes=notes)
+        with VectorWriter(out, entries, meta) as writer:  # low-rank scales folded into B
+            for spec, d in merged_tensors(m, sources, w, p, specs, progress):
+                writer.write(spec.name, d if isinstance(d, LowRankDelta) else dense_of(d).float())
+                del d
+        report.storage = "dense" if n_low == 0 else ("low-rank" if n_low == len(specs) else "mixed")
+        report.bytes_written = writer.bytes_written
     finally:
         for s in sources:
             s.close()

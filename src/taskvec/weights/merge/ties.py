@@ -31,8 +31,8 @@ from taskvec.weights.merge.ops import (
     new_stack,
     present,
 )
-from taskvec.weights.merge.sources import VectorSource
 from taskvec.weights.merge.task_arithmetic import LAMBDA
+from taskvec.weights.vector_source import VectorSource
 
 DENSITY = Param("density", float, 0.2, "fraction of entries kept per task (by magnitude)", per_model=True,
                 lo=0.0, hi=1.0)

@@ -1,17 +1,19 @@
-"""Streaming safetensors I/O: read one tensor at a time, write a file whose header is known up front.
+"""The safetensors layer every taskvec file goes through: headers, reads, writes.
 
-The safetensors layout is ``<u64 little-endian header length> <JSON header> <tensor bytes>``;
-the header maps each name to ``{"dtype", "shape", "data_offsets": [begin, end]}`` relative to
-the end of the header, plus an optional ``"__metadata__"`` (str -> str). Since names, dtypes
-and shapes of an applied model equal the base model's, the whole header can be written first
-and then each tensor's bytes in order (whole, or in row blocks with ``write_parts``), so
-writing needs memory for one block, not the model. Also here: the weight files of a model
-directory (``model_safetensors_files``), their tensors (``open_tensors``), and
-``fingerprint_tensors`` (``taskvec.models.fingerprint`` of those tensors, without a memory map).
+The layout is ``<u64 little-endian header length> <JSON header> <tensor bytes>``; the header
+maps each name to ``{"dtype", "shape", "data_offsets": [begin, end]}`` relative to the end of
+the header, plus an optional ``"__metadata__"`` (str -> str).
 
-Reading uses positional reads (``os.pread``) at the header's offsets rather than a memory map:
-pages of a mapped file that were touched count towards the process's resident set until the
-map is closed, so mapping a 2 GB checkpoint makes a "streaming" pass look 2 GB big.
+- :func:`read_header` parses and checks a header (offsets against the file size) without
+  reading tensor data; :class:`SafetensorsReader` reads one tensor, or some rows of one, with
+  positional reads (``os.pread``) rather than a memory map: pages of a mapped file that were
+  touched count towards the process's resident set until the map is closed, so mapping a 2 GB
+  checkpoint makes a "streaming" pass look 2 GB big. :func:`read_tensors` reads them all.
+- Writers: :func:`write_file` (a whole file from tensors in memory, atomic: temp file +
+  rename); :class:`StreamingSafetensorsWriter` (header first, then each tensor's bytes in
+  order, whole or in row blocks); :class:`PositionalSafetensorsWriter` (header first, then any
+  row block of any tensor at its offset, in any order). The two streaming writers share the
+  header encoder, so their files are laid out as safetensors itself lays them out.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -28,18 +30,20 @@ from typing import Any
 
 import torch
 
-from taskvec.errors import FileFormatError, MissingFileError, ShapeMismatchError, UserInputError
+from taskvec.errors import FileFormatError, ShapeMismatchError, UserInputError
+from taskvec.io_utils import atomic_path
 
 __all__ = [
     "DTYPE_FROM_ST",
     "ST_FROM_DTYPE",
+    "PositionalSafetensorsWriter",
     "SafetensorsReader",
     "StreamingSafetensorsWriter",
     "TensorSpec",
     "dtype_size",
-    "fingerprint_tensors",
-    "model_safetensors_files",
-    "open_tensors",
+    "read_header",
+    "read_tensors",
+    "write_file",
 ]
 
 #: safetensors dtype string -> torch dtype (those this torch build has)
@@ -91,15 +95,47 @@ class TensorSpec:
     def nbytes(self) -> int:
         return math.prod(self.shape) * dtype_size(self.dtype)
 
+def read_header(path: Path) -> dict[str, Any]:
+    """Parse and sanity-check a safetensors header without reading tensor data."""
+    size = path.stat().st_size
+    if size < 8:
+        raise FileFormatError(f"{path} is empty or truncated ({size} bytes): not a safetensors file.")
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if n <= 0 or n > min(size - 8, 100 * 1024 * 1024):
+            raise FileFormatError(
+                f"{path} has an invalid header length ({n} bytes for a {size}-byte file): "
+                "the file is truncated or not a safetensors file."
+            )
+        raw = f.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FileFormatError(f"{path} has a corrupted header ({type(exc).__name__}): re-create or re-download it.") from None
+    if not isinstance(header, dict):
+        raise FileFormatError(f"{path} has a corrupted header (not a JSON object).")
+    data_len = size - 8 - n
+    for k, v in header.items():
+        if k == "__metadata__":
+            if not isinstance(v, dict) or not all(isinstance(x, str) for x in v.values()):
+                raise FileFormatError(f"{path} has malformed metadata: re-create the file.")
+            continue
+        offs = v.get("data_offsets") if isinstance(v, dict) else None
+        if not (isinstance(offs, list) and len(offs) == 2 and 0 <= offs[0] <= offs[1] <= data_len):
+            raise FileFormatError(
+                f'{path}: tensor "{k}" points past the end of the file: the file is truncated; '
+                "re-create or re-download it."
+            )
+    return header
+
+
 
 class SafetensorsReader:
     """Random access to the tensors of one safetensors file, one tensor in memory at a time."""
 
     def __init__(self, path: str | os.PathLike) -> None:
-        from taskvec.weights.io import read_safetensors_header
-
         self.path = Path(path)
-        header = read_safetensors_header(self.path)  # validates offsets against the file size
+        header = read_header(self.path)  # validates offsets against the file size
         self.metadata: dict[str, str] = dict(header.pop("__metadata__", None) or {})
         with open(self.path, "rb") as f:
             self._data_start = 8 + int.from_bytes(f.read(8), "little")
@@ -184,6 +220,47 @@ class SafetensorsReader:
         return buf.view(DTYPE_FROM_ST[spec.dtype]).reshape((stop - start, *spec.shape[1:]))
 
 
+
+
+def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file (fresh CPU tensors), header checked first."""
+    with SafetensorsReader(path) as r:
+        return {k: r.get_tensor(k) for k in r.keys()}
+
+
+def write_file(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor],
+               metadata: Mapping[str, str] | None = None) -> Path:
+    """Write ``tensors`` (CPU, contiguous) and string ``metadata`` as one file, atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    data = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(data, str(tmp), metadata=dict(metadata) if metadata else None)
+    return path
+
+
+def encode_header(specs: Sequence[TensorSpec], metadata: Mapping[str, str] | None) -> tuple[bytes, list[int]]:
+    """The header bytes (length prefix included, space-padded to 8) of a file holding ``specs``
+    contiguously in that order, and each tensor's offset in the data section."""
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise UserInputError("duplicate tensor names in a safetensors file.")
+    header: dict[str, Any] = {}
+    if metadata:
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+            raise UserInputError("safetensors metadata must map strings to strings.")
+        header["__metadata__"] = dict(metadata)
+    offsets, offset = [], 0
+    for s in specs:
+        header[s.name] = {"dtype": s.dtype, "shape": list(s.shape), "data_offsets": [offset, offset + s.nbytes]}
+        offsets.append(offset)
+        offset += s.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)
+    return len(raw).to_bytes(8, "little") + raw, offsets
+
+
 def _tensor_bytes(t: torch.Tensor) -> memoryview:
     """The raw little-endian bytes of a CPU tensor, without a copy when it is contiguous."""
     flat = t.detach().cpu().contiguous().reshape(-1)
@@ -212,27 +289,14 @@ class StreamingSafetensorsWriter:
     ) -> None:
         self.path = Path(path)
         self.specs = list(specs)
-        names = [s.name for s in self.specs]
-        if len(set(names)) != len(names):
-            raise UserInputError("duplicate tensor names in a safetensors file.")
-        header: dict[str, Any] = {}
-        if metadata:
-            if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
-                raise UserInputError("safetensors metadata must map strings to strings.")
-            header["__metadata__"] = dict(metadata)
-        offset = 0
-        for s in self.specs:
-            header[s.name] = {"dtype": s.dtype, "shape": list(s.shape), "data_offsets": [offset, offset + s.nbytes]}
-            offset += s.nbytes
-        raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
-        raw += b" " * (-len(raw) % 8)
+        head, _ = encode_header(self.specs, metadata)
+        offset = sum(s.nbytes for s in self.specs)
         self.data_bytes = offset
-        self.bytes_total = 8 + len(raw) + offset
+        self.bytes_total = len(head) + offset
         self._next = 0
         self._slow = float(os.environ.get(_SLOW_ENV, "0") or 0)
         self._f = open(self.path, "wb")  # noqa: SIM115 - closed in close()
-        self._f.write(len(raw).to_bytes(8, "little"))
-        self._f.write(raw)
+        self._f.write(head)
 
     def write(self, name: str, tensor: torch.Tensor) -> int:
         """Append the next tensor's bytes; returns the number of bytes written."""
@@ -300,96 +364,68 @@ class StreamingSafetensorsWriter:
             self._f.close()
 
 
-# -- model directories ------------------------------------------------------------------------
-INDEX_NAME = "model.safetensors.index.json"
+class PositionalSafetensorsWriter:
+    """Write row blocks of declared tensors at their offsets (header space-padded to 8 bytes)."""
 
+    def __init__(self, path: str | os.PathLike, specs: Sequence[TensorSpec], metadata: Mapping[str, str]) -> None:
+        self.path = Path(path)
+        self.specs = {s.name: s for s in specs}
+        head, offsets = encode_header(list(specs), metadata)
+        self._begin: dict[str, int] = {s.name: o for s, o in zip(specs, offsets)}
+        self._data_start = len(head)
+        self.bytes_total = self._data_start + sum(s.nbytes for s in specs)
+        self._left = {s.name: s.nbytes for s in specs}
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self._pwrite(head, 0)
+        os.ftruncate(self._fd, self.bytes_total)
 
-def model_safetensors_files(model_dir: Path) -> list[Path]:
-    """The weight files of a Hugging Face directory: from its index, or ``model*.safetensors``."""
-    index = model_dir / INDEX_NAME
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-            names = sorted(set(weight_map.values()))
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise FileFormatError(f"{index} is not a valid safetensors index ({exc}): re-save the model.") from None
-        files = [model_dir / f for f in names]
-        for f in files:
-            if not f.is_file():
-                raise MissingFileError(f"{index} lists {f.name}, which is missing: re-download or re-save the model.")
-        return files
-    if (model_dir / "model.safetensors").is_file():
-        return [model_dir / "model.safetensors"]
-    files = sorted(model_dir.glob("model*.safetensors")) or sorted(model_dir.glob("*.safetensors"))
-    if not files:
-        raise UserInputError(
-            f"{model_dir} has no .safetensors weights: re-save the model with "
-            "save_pretrained(..., safe_serialization=True)."
-        )
-    return files
+    def _pwrite(self, data: bytes | memoryview, offset: int) -> None:
+        view = memoryview(data).cast("B")
+        done = 0
+        while done < len(view):
+            done += os.pwrite(self._fd, view[done:], offset + done)
 
+    def write_rows(self, name: str, r0: int, block: torch.Tensor) -> None:
+        """Write ``block`` as rows ``r0:r0+len(block)`` (dim 0) of tensor ``name``."""
+        spec = self.specs.get(name)
+        if spec is None:
+            raise UserInputError(f'tensor "{name}" was not declared in the header.')
+        if ST_FROM_DTYPE.get(block.dtype) != spec.dtype:
+            raise ShapeMismatchError(f'a block of "{name}" is {block.dtype}, the header declares {spec.dtype}.')
+        row = (math.prod(spec.shape[1:]) if spec.shape else 1) * dtype_size(spec.dtype)
+        flat = block.detach().contiguous().reshape(-1)
+        nbytes = flat.numel() * flat.element_size()
+        if nbytes % row or r0 * row + nbytes > spec.nbytes:
+            raise ShapeMismatchError(f'a block of {tuple(block.shape)} at row {r0} does not fit "{name}" {spec.shape}.')
+        if nbytes:
+            self._pwrite(memoryview(flat.view(torch.uint8).numpy()), self._data_start + self._begin[name] + r0 * row)
+        self._left[name] -= nbytes
 
-def open_tensors(files: Sequence[Path]) -> tuple[dict[str, SafetensorsReader], list[TensorSpec]]:
-    """name -> the reader holding it, and every tensor's spec in file order (headers only)."""
-    where: dict[str, SafetensorsReader] = {}
-    specs: list[TensorSpec] = []
-    for f in files:
-        r = SafetensorsReader(f)
-        for k in r.keys():
-            if k in where:
-                raise FileFormatError(
-                    f'tensor "{k}" is stored in both {where[k].path.name} and {f.name}: re-save the model.'
-                )
-            where[k] = r
-            specs.append(r.specs[k])
-    return where, specs
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        """Write a whole tensor."""
+        spec = self.specs[name]
+        if tuple(tensor.shape) != spec.shape:
+            raise ShapeMismatchError(f'"{name}" is {tuple(tensor.shape)}, the header declares {spec.shape}.')
+        self.write_rows(name, 0, tensor.reshape(-1) if not spec.shape else tensor)
 
+    def close(self) -> None:
+        """fsync and close; raises if some declared bytes were never written."""
+        if self._fd < 0:
+            return
+        os.fsync(self._fd)
+        os.close(self._fd)
+        self._fd = -1
+        missing = [k for k, v in self._left.items() if v != 0]
+        if missing:
+            raise UserInputError(f"{self.path}: {len(missing)} tensors were not completely written (e.g. {missing[0]}).")
 
-def fingerprint_tensors(readers: Mapping[str, SafetensorsReader]) -> str:
-    """``taskvec.models.fingerprint`` of these tensors, reading only the sampled rows.
+    def __enter__(self) -> PositionalSafetensorsWriter:
+        return self
 
-    Gives the same value as ``fingerprint(directory)`` (same names, shapes, dtypes and sampled
-    values) but with ``pread`` instead of a memory map, whose touched pages would count
-    towards this process's resident set (about the model size).
-    """
-    import importlib
-
-    fp = importlib.import_module("taskvec.models.fingerprint")
-    digest = getattr(fp, "_digest", None)
-    if digest is None:  # fingerprint's internals changed: read whole tensors, one at a time
-        return fp.fingerprint(_LazyTensors(readers))
-
-    def entries() -> Iterator[tuple[str, tuple[tuple[int, ...], torch.dtype, Callable]]]:
-        for name, r in readers.items():
-            shape = r.specs[name].shape
-
-            def fetch(idx: list[int], r: SafetensorsReader = r, name: str = name,
-                      shape: tuple[int, ...] = shape) -> torch.Tensor:
-                if len(shape) <= 1:
-                    return r.get_tensor(name).reshape(-1)[idx]
-                row = math.prod(shape[1:])
-                rows: dict[int, torch.Tensor] = {}
-                for k in idx:  # read only the rows holding sampled elements
-                    if k // row not in rows:
-                        rows[k // row] = r.get_rows(name, k // row, k // row + 1).reshape(-1)
-                return torch.stack([rows[k // row][k % row] for k in idx])
-
-            yield name, (shape, DTYPE_FROM_ST[r.specs[name].dtype], fetch)
-
-    return str(digest(entries()))
-
-
-class _LazyTensors(Mapping[str, torch.Tensor]):
-    """Tensors read on access (one at a time), for ``fingerprint``'s state-dict path."""
-
-    def __init__(self, readers: Mapping[str, SafetensorsReader]) -> None:
-        self._readers = readers
-
-    def __getitem__(self, name: str) -> torch.Tensor:
-        return self._readers[name].get_tensor(name)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._readers)
-
-    def __len__(self) -> int:
-        return len(self._readers)
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is None:
+            self.close()
+        elif self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
