@@ -54,7 +54,7 @@ def build_inputs(model: str, work: Path, seed: int) -> tuple[Path, Path, Path]:
     from taskvec.formats import model_safetensors_files, open_tensors
     from taskvec.models import fingerprint, model_dir
     from taskvec.weights import TaskVector
-    from taskvec.weights.stream import stream_apply
+    from taskvec.weights.stream_apply import stream_apply
 
     base = model_dir(model)
     work.mkdir(parents=True, exist_ok=True)

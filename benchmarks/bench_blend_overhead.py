@@ -56,7 +56,7 @@ def main() -> None:
 
     import torch
 
-    from taskvec.activations.soft_files import SoftTaskVector, load_soft
+    from taskvec.activations.soft_vector import SoftTaskVector, load_soft
     from taskvec.eval.batching import encode, left_pad, pad_id
     from taskvec.eval.harness import build_prompts
     from taskvec.eval.scoring import forward_logits

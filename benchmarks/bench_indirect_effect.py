@@ -67,7 +67,7 @@ def main() -> None:
     import torch
 
     from taskvec.activations import head_means, ie_scores, top_heads
-    from taskvec.activations.common import icl_prompt_set
+    from taskvec.activations.collect import icl_prompt_set
     from taskvec.models import get_adapter
     from taskvec.tasks import get_task
 

@@ -184,7 +184,7 @@ def build(model: Any, tok: Any, tasks: list[str], out: Path, recipe: dict[str, A
 
 
 def print_summary(summary: dict[str, Any]) -> None:
-    from taskvec.cli.common import print_table
+    from taskvec.cli.output import print_table
 
     rows = [[k, r["split"], r["n"], r["zero_shot_accuracy"], r["finetuned_accuracy"],
              f"{r['train_seconds'] or 0:.0f}s", r["status"]] for k, r in summary["tasks"].items()]

@@ -101,7 +101,7 @@ def test_eval_door_takes_every_vector_kind(fv_file, tiny_dir, tmp_path, capsys, 
     import torch
 
     from taskvec.activations import AddHook
-    from taskvec.activations.soft_files import SoftBlendHook, SoftTaskVector
+    from taskvec.activations.soft_vector import SoftBlendHook, SoftTaskVector
     from taskvec.models import get_adapter, load_model
     from taskvec.models.fingerprint import fingerprint
 

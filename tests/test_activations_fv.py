@@ -21,7 +21,7 @@ from taskvec.activations import (
     load_activation,
     top_heads,
 )
-from taskvec.activations.common import icl_prompt_set
+from taskvec.activations.collect import icl_prompt_set
 from taskvec.errors import (
     FileFormatError,
     FingerprintMismatchError,

@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from conftest import run_cli
-from taskvec.cli.common import COMMON_FLAGS
 from taskvec.cli.main import build_parser
+from taskvec.cli.options import COMMON_FLAGS
 
 
 def _walk(p: argparse.ArgumentParser, path: tuple[str, ...] = ()):

@@ -51,7 +51,7 @@ def test_torchrun_eval_embedded_sst2(embedded):
 
 
 def test_torchrun_head_means_equal_single_process(tmp_path):
-    from taskvec.activations.files import load_activation
+    from taskvec.activations.activation_vector import load_activation
 
     d = tmp_path / "tiny"
     model, tok = tiny_model("llama", seed=0)

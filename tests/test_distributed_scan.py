@@ -179,7 +179,7 @@ def test_torchrun_basis_build_writes_one_file(tmp_path):
 
 
 def test_torchrun_fv_extract_writes_one_file_with_the_single_process_scores(tmp_path):
-    from taskvec.activations.files import load_activation
+    from taskvec.activations.activation_vector import load_activation
     from taskvec.models import tiny_model
 
     d = tmp_path / "tiny"

@@ -167,8 +167,8 @@ def test_cli_inspect_bad_files_exit_2(tmp_path, capsys, content):
 
 
 def _loaders():
-    from taskvec.activations.files import load_activation
-    from taskvec.activations.soft_files import load_soft
+    from taskvec.activations.activation_vector import load_activation
+    from taskvec.activations.soft_vector import load_soft
     from taskvec.basis import load_basis
 
     return {"basis": load_basis, "activation": load_activation, "soft": load_soft, "vector": load_vector}
@@ -177,8 +177,8 @@ def _loaders():
 @pytest.fixture(scope="module")
 def good_files(tmp_path_factory):
     """One valid file of each kind, built on a tiny model / tiny vectors."""
-    from taskvec.activations.files import ActivationVector
-    from taskvec.activations.soft_files import SoftTaskVector
+    from taskvec.activations.activation_vector import ActivationVector
+    from taskvec.activations.soft_vector import SoftTaskVector
     from taskvec.basis import build_basis
 
     d = tmp_path_factory.mktemp("kinds")

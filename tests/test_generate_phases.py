@@ -17,8 +17,8 @@ import torch
 
 from conftest import run_cli
 from taskvec.activations import AddHook, Hook, Intervention, Positions
-from taskvec.activations.files import ActivationVector
-from taskvec.activations.soft_files import SoftTaskVector
+from taskvec.activations.activation_vector import ActivationVector
+from taskvec.activations.soft_vector import SoftTaskVector
 from taskvec.models import TINY_ARCHS, get_adapter, tiny_model
 from taskvec.models.adapter import position_ids
 from taskvec.models.fingerprint import fingerprint

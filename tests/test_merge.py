@@ -10,7 +10,7 @@ import torch
 from taskvec.errors import UnknownNameError, UserInputError
 from taskvec.weights import LowRankDelta, TaskVector
 from taskvec.weights.merge import get_method, list_methods, merge
-from taskvec.weights.merge.ops import dare_keep, kth_largest_abs_stream
+from taskvec.weights.merge.kernels import dare_keep, kth_largest_abs_stream
 
 T1 = [0.5, -1.0, 0.2, 3.0]
 T2 = [-0.4, 2.0, -0.1, 1.0]
@@ -269,11 +269,11 @@ def test_fingerprint_mismatch_refused_unless_forced() -> None:
                                                 ("breadcrumbs", {"density": 0.5, "gamma": 0.2}),
                                                 ("dare_ties", {"p": 0.0})])
 def test_blocked_work_matches_one_block(monkeypatch, method: str, params: dict) -> None:
-    from taskvec.weights.merge import ops
+    from taskvec.weights.merge import kernels
 
     vs = [_mixed_vector(s) for s in range(3)]
     whole = merge(method, vs, [1.0, -0.5, 2.0], **params)
-    monkeypatch.setattr(ops, "BLOCK", 7)  # 30-entry tensors in 5 blocks
+    monkeypatch.setattr(kernels, "BLOCK", 7)  # 30-entry tensors in 5 blocks
     blocked = merge(method, vs, [1.0, -0.5, 2.0], **params)
     for name in whole.names:
         assert torch.equal(whole[name], blocked[name]), name

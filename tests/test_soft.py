@@ -18,7 +18,7 @@ from taskvec.activations import (
 )
 from taskvec.activations.soft import SoftConfig, TaskVectorExtractor, ValScore, split_plan
 from taskvec.activations.soft_compare import comparison_table, parse_shots
-from taskvec.activations.soft_files import SoftTaskVector, load_soft
+from taskvec.activations.soft_vector import SoftTaskVector, load_soft
 from taskvec.errors import (
     FileFormatError,
     FingerprintMismatchError,

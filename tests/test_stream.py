@@ -33,7 +33,7 @@ from taskvec.formats import (
 from taskvec.models.fingerprint import fingerprint, fingerprint_tensors
 from taskvec.models.tiny import tiny_model
 from taskvec.weights import LowRankDelta, TaskVector
-from taskvec.weights.stream import plan_shards, stream_apply, stream_apply_report
+from taskvec.weights.stream_apply import plan_shards, stream_apply, stream_apply_report
 from tolerance import matmul_atol, ulp
 
 SCALE = 0.7
@@ -233,7 +233,7 @@ def test_embedded_name_resolves_through_model_dir(base_dir: Path, tmp_path: Path
 
 def test_row_blocks_match_in_memory(base_dir: Path, tmp_path: Path, monkeypatch) -> None:
     """Tensors larger than CHUNK_BYTES are processed in row blocks, with the same result."""
-    import taskvec.weights.stream as stream
+    import taskvec.weights.stream_apply as stream
 
     monkeypatch.setattr(stream, "CHUNK_BYTES", 1000)  # a few rows per block
     dense, lowrank = _dense_vector(base_dir), _lowrank_vector(base_dir)

@@ -1,8 +1,8 @@
 """Activation-space task vectors: hooks, head means, indirect effects, function vectors (Todd et
 al. 2024) and residual-stream ICL task vectors (Hendel et al. 2023). See docs/activations.md."""
 
-from taskvec.activations.evaluate_fv import accuracy, compare, sweep
-from taskvec.activations.files import ActivationVector, load_activation, save_activation
+from taskvec.activations.activation_vector import ActivationVector, load_activation, save_activation
+from taskvec.activations.evaluation import accuracy, compare, sweep
 from taskvec.activations.function_vectors import (
     extract_function_vector,
     function_vector,

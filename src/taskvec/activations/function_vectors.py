@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from taskvec.activations.evaluate_fv import accuracy, grid_sweep, load_examples, sweep_split
-from taskvec.activations.files import ActivationVector
+from taskvec.activations.activation_vector import ActivationVector
+from taskvec.activations.evaluation import accuracy, grid_sweep, load_examples, sweep_split
 from taskvec.activations.heads import head_means
 from taskvec.activations.hooks import Positions, positions_to_str
 from taskvec.activations.indirect_effect import indirect_effects, top_heads

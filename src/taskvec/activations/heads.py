@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from taskvec.activations.common import (
+from taskvec.activations.collect import (
     collect_last_token,
     icl_prompt_set,
     layer_sites,

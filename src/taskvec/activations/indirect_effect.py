@@ -33,12 +33,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from taskvec.activations.common import icl_prompt_set, layer_sites, progress_bar
+from taskvec.activations.collect import icl_prompt_set, layer_sites, progress_bar
 from taskvec.activations.hooks import Positions, PositionSpec, ReplaceHook
 from taskvec.activations.intervention import Intervention
 from taskvec.errors import ShapeMismatchError, UserInputError
 from taskvec.eval.batching import encode, left_pad
-from taskvec.eval.scoring import _supports_logits_to_keep, forward_logits
+from taskvec.eval.scoring import forward_logits, supports_logits_to_keep
 from taskvec.models.adapter import ModelAdapter, get_adapter
 from taskvec.models.kv_cache import cache_kwargs, returned_cache
 from taskvec.models.sites import site_key
@@ -145,7 +145,7 @@ def _run_cached(model, ad, ids, rows, means, batch_size) -> torch.Tensor:
     dev = next(model.parameters()).device
     n_tok = len(ids)
     prefix = torch.tensor([ids[:-1]], device=dev)  # (1, T-1)
-    keep = {"logits_to_keep": 1} if _supports_logits_to_keep(model) else {}
+    keep = {"logits_to_keep": 1} if supports_logits_to_keep(model) else {}
     cache = returned_cache(model(input_ids=prefix, use_cache=True, **keep))
     if cache is None or not hasattr(cache, "batch_repeat_interleave"):
         return _run_batched(model, ad, ids, rows, means, batch_size)

@@ -26,14 +26,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from taskvec.activations.common import (
+from taskvec.activations.activation_vector import ActivationVector
+from taskvec.activations.collect import (
     collect_last_token,
     icl_prompt_set,
     layer_sites,
     progress_bar,
 )
-from taskvec.activations.evaluate_fv import accuracy, grid_sweep, load_examples, sweep_split
-from taskvec.activations.files import ActivationVector
+from taskvec.activations.evaluation import accuracy, grid_sweep, load_examples, sweep_split
 from taskvec.activations.hooks import Positions, SaveOutputsHook
 from taskvec.errors import UserInputError
 from taskvec.models.adapter import get_adapter

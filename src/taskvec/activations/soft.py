@@ -32,13 +32,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from taskvec.activations.common import progress_bar
+from taskvec.activations.collect import progress_bar
 from taskvec.activations.heads import HeadMeans, head_means
 from taskvec.activations.hooks import Positions, positions_from_str, positions_to_str
-from taskvec.activations.soft_files import SoftTaskVector, blend_intervention
+from taskvec.activations.soft_vector import SoftTaskVector, blend_intervention
 from taskvec.errors import NonFiniteError, UserInputError
 from taskvec.eval.batching import encode, length_sorted_batches, pad_id
-from taskvec.eval.scoring import _supports_logits_to_keep
+from taskvec.eval.scoring import supports_logits_to_keep
 from taskvec.models.adapter import get_adapter
 
 __all__ = [
@@ -48,7 +48,7 @@ __all__ = [
     "TaskVectorExtractor",
     "ValScore",
     "split_plan",
-    "test_split",
+    "report_split",
     "train_soft_vector",
 ]
 
@@ -111,12 +111,10 @@ class SoftConfig:
 # ---------------------------------------------------------------------------- data
 
 
-def test_split(task: Any) -> str:
+def report_split(task: Any) -> str:
     """The held-out split for final numbers: ``test`` if the task has one, else its eval split."""
     return "test" if "test" in task.splits else task.eval_split
 
-
-test_split.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
 
 
 @dataclass
@@ -137,7 +135,7 @@ def split_plan(task: Any, val_limit: int | None = None, seed: int = 0) -> SplitP
     ``HELD_OUT`` (or ``val_limit``) seeded train examples are held out and not trained on.
     """
     train = task.load(task.train_split)
-    test = test_split(task)
+    test = report_split(task)
     if "validation" in task.splits and "validation" not in (test, task.train_split):
         val, source = task.load("validation"), "validation"
     else:
@@ -283,7 +281,7 @@ class TaskVectorExtractor:
     def _forward(self, inputs: dict[str, torch.Tensor], keep: int) -> torch.Tensor:
         dev = next(self.model.parameters()).device
         kwargs: dict[str, Any] = {"use_cache": False}
-        if _supports_logits_to_keep(self.model):
+        if supports_logits_to_keep(self.model):
             kwargs["logits_to_keep"] = keep
         out = self.model(**{k: v.to(dev) for k, v in inputs.items()}, **kwargs)
         return out.logits[:, -keep:].float()  # (B, keep, V)

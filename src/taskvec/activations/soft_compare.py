@@ -1,7 +1,7 @@
 """One comparison table on the same held-out test examples: zero-shot, k-shot ICL, function vector,
 residual vector, soft task vector and a weight-space (LoRA) task vector, with parameter counts.
 
-Every row is :func:`taskvec.activations.evaluate_fv.accuracy` (that is, :func:`taskvec.eval.evaluate`:
+Every row is :func:`taskvec.activations.evaluation.accuracy` (that is, :func:`taskvec.eval.evaluate`:
 first-token accuracy for the ICL generation tasks, label accuracy for classification) on the same
 examples of the test split (``test``, or the eval split of tasks without one, e.g. sst2's
 validation). Activation vectors are applied to the zero-shot prompts through their
@@ -23,11 +23,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from taskvec.activations.common import progress_bar
-from taskvec.activations.evaluate_fv import accuracy, load_examples
-from taskvec.activations.files import ActivationVector, load_activation
-from taskvec.activations.soft import test_split
-from taskvec.activations.soft_files import SoftTaskVector, load_soft
+from taskvec.activations.activation_vector import ActivationVector, load_activation
+from taskvec.activations.collect import progress_bar
+from taskvec.activations.evaluation import accuracy, load_examples
+from taskvec.activations.soft import report_split
+from taskvec.activations.soft_vector import SoftTaskVector, load_soft
 from taskvec.errors import UserInputError
 
 __all__ = ["applied_weights", "comparison_table", "parse_shots"]
@@ -116,7 +116,7 @@ def comparison_table(
     ``SoftTaskVector``, ``TaskVector``). ``shots``: k for the ICL rows (``"5,10"`` works too).
     Files are checked against the model (shape; fingerprint unless ``force``) before any run.
     """
-    split = split or test_split(task)
+    split = split or report_split(task)
     examples = load_examples(task, split, limit)
     ks = parse_shots(shots) if isinstance(shots, str) else parse_shots(list(shots))
     fv = None if fv is None else _as_activation(fv, "function_vector")

@@ -10,16 +10,11 @@ grows with T x one row block, not T x the model). Methods: ``pca``, ``autoencode
     >>> v = b.recover("a"); merged = b.addition(0.5); neg = b.negation("a"); b.info()
 """
 
+from taskvec.basis.arithmetic import ReconstructionWarning
 from taskvec.basis.basis import Basis, load_basis
 from taskvec.basis.build import build_basis
 from taskvec.basis.gram import streaming_gram
-from taskvec.basis.ops import (
-    ReconstructionWarning,
-    is_basis_file,
-    load_basis_or_vector,
-    load_one_vector,
-    open_sources,
-)
+from taskvec.basis.opening import is_basis_file, load_basis_or_vector, load_one_vector, open_sources
 from taskvec.basis.registry import (
     METHODS,
     BasisMethod,

@@ -177,29 +177,29 @@ class Basis:
         t = self.reader.get_tensor(key) if r0 is None else self.reader.get_rows(key, r0, r1)  # type: ignore[arg-type]
         return t.double().reshape(-1)
 
-    # -- operations (see taskvec.basis.ops) -------------------------------------------------
+    # -- operations (see taskvec.basis.arithmetic) -------------------------------------------------
     def recover(self, task: str | int, progress: bool = False) -> TaskVector:
         """Task ``task`` reconstructed from the basis (warns when it is only a projection)."""
-        from taskvec.basis.ops import recover
+        from taskvec.basis.arithmetic import recover
 
         return recover(self, task, progress=progress)
 
     def addition(self, weights: float | Sequence[float] | dict[str, float] | None = None,
                  progress: bool = False) -> TaskVector:
         """``sum_i w_i v_i`` through the basis (``None``: all weights 1; a float: the same for all)."""
-        from taskvec.basis.ops import addition
+        from taskvec.basis.arithmetic import addition
 
         return addition(self, weights, progress=progress)
 
     def negation(self, task: str | int, progress: bool = False) -> TaskVector:
         """``-recover(task)``; refused for a task the basis cannot reconstruct exactly by design."""
-        from taskvec.basis.ops import negation
+        from taskvec.basis.arithmetic import negation
 
         return negation(self, task, progress=progress)
 
     def info(self, vectors: Sequence[Any] | None = None, progress: bool = False, chunk_elems: int | None = None) -> dict[str, Any]:
         """Storage and reconstruction errors (from the stored Gram; measured when ``vectors`` given)."""
-        from taskvec.basis.ops import info
+        from taskvec.basis.arithmetic import info
 
         return info(self, vectors, progress=progress, chunk_elems=chunk_elems)
 

@@ -26,6 +26,7 @@ import torch
 
 from taskvec.basis.registry import GroupStats
 from taskvec.errors import UserInputError
+from taskvec.formats import row_blocks
 from taskvec.weights.lowrank import LowRankDelta
 from taskvec.weights.vector import TaskVector, layer_of
 from taskvec.weights.vector_source import VectorSource, common_shapes, open_source
@@ -68,15 +69,6 @@ def sort_groups(keys: Sequence[str]) -> list[str]:
 def _name_order(name: str) -> tuple[int, int, str]:
     i = layer_of(name)
     return (0, i, name) if i is not None else (1, 0, name)
-
-
-def _row_ranges(shape: tuple[int, ...], chunk_elems: int) -> list[tuple[int, int]] | None:
-    """Row blocks along dim 0 of about ``chunk_elems`` elements (None: 0-d, read whole)."""
-    if not shape:
-        return None
-    row = max(1, math.prod(shape[1:]))
-    step = shape[0] if chunk_elems <= 0 else max(1, chunk_elems // row)
-    return [(a, min(shape[0], a + step)) for a in range(0, shape[0], step)] or [(0, 0)]
 
 
 @dataclass
@@ -163,7 +155,7 @@ class VectorSet:
     def blocks(self, name: str, chunk_elems: int = DEFAULT_CHUNK_ELEMS) -> Iterator[Block]:
         """Row blocks of one tensor across all T vectors: X is (n, T), column-major."""
         shape = self.shapes[name]
-        ranges = _row_ranges(shape, chunk_elems)
+        ranges = row_blocks(shape, chunk_elems)
         row = math.prod(shape[1:]) if shape else 1
         for rng in ranges or [None]:
             r0, r1 = rng if rng is not None else (0, 1)

@@ -5,19 +5,11 @@ from __future__ import annotations
 import argparse
 import math
 import re
-import resource
-import sys
 from pathlib import Path
 from typing import Any
 
-from taskvec.cli.common import (
-    add_json,
-    add_progress,
-    new_command,
-    print_json,
-    print_table,
-    show_progress,
-)
+from taskvec.cli.options import add_json, add_progress, new_command, peak_rss_bytes, show_progress
+from taskvec.cli.output import print_json, print_table
 
 _UNITS = {
     "": 1, "b": 1,
@@ -46,24 +38,6 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} GiB"
-
-
-def peak_rss_bytes() -> int:
-    """This process's peak resident set size.
-
-    Linux: ``VmHWM`` from ``/proc/self/status``, the peak of this process's own memory since
-    it started. ``ru_maxrss`` is not used there because it also carries the parent's peak
-    when the parent spawned us with vfork (as Python's subprocess does). Elsewhere
-    ``ru_maxrss`` (KiB on Linux, bytes on macOS).
-    """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(r if sys.platform == "darwin" else r * 1024)
 
 
 def register(sub: Any) -> None:
@@ -100,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         raise MissingFileError(f"vector file {vec} does not exist.")
     if vec.is_dir():
         raise UserInputError(f"--vector {vec} is a directory: pass a vector file (.safetensors).")
-    from taskvec.weights.stream import stream_apply_report
+    from taskvec.weights.stream_apply import stream_apply_report
 
     rep = stream_apply_report(
         args.base, vec, args.out, scale=args.scale, force=args.force, max_shard_bytes=max_shard,

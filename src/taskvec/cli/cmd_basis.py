@@ -9,20 +9,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from taskvec.cli.common import (
-    add_json,
-    add_progress,
-    new_command,
-    print_json,
-    print_table,
-    show_progress,
-)
+from taskvec.cli.options import add_json, add_progress, new_command, show_progress
+from taskvec.cli.output import print_json, print_table
 
 _METHODS = ("pca", "autoencoder", "random", "random_sample")
 
 
 def register(sub: Any) -> None:
-    from taskvec.cli.main import OneLineParser
+    from taskvec.cli.options import OneLineParser
 
     p = new_command(sub, "basis", "task vector bases: build, inspect, recover (compressed task arithmetic)")
     bsub = p.add_subparsers(dest="basis_command", metavar="SUBCOMMAND", parser_class=OneLineParser)

@@ -12,14 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from taskvec.cli.common import (
-    add_json,
-    add_progress,
-    new_command,
-    print_json,
-    print_table,
-    show_progress,
-)
+from taskvec.cli.options import add_json, add_progress, new_command, show_progress
+from taskvec.cli.output import print_json, print_table
 from taskvec.errors import UserInputError
 
 # A budget that finishes in about 10 minutes on 2 CPU cores (see docs/results.md).

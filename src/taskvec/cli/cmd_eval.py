@@ -5,15 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from taskvec.cli.common import (
-    add_json,
-    add_model,
-    add_progress,
-    new_command,
-    print_json,
-    print_table,
-    show_progress,
-)
+from taskvec.cli.options import add_json, add_model, add_progress, new_command, show_progress
+from taskvec.cli.output import print_json, print_table
 from taskvec.cli.vector_opts import add_vector_opts, load_model_with_vector
 
 

@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from taskvec.cli.common import add_json, add_model, new_command, print_json
+from taskvec.cli.options import add_json, add_model, new_command
+from taskvec.cli.output import print_json
 from taskvec.cli.vector_opts import add_vector_opts, load_model_with_vector
 
 
@@ -50,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
     fv = None
     if args.fv:  # an activation vector: validated before any weight is read
-        from taskvec.activations.files import load_activation
+        from taskvec.activations.activation_vector import load_activation
         from taskvec.activations.hooks import positions_from_str
 
         fv = load_activation(args.fv, ("function_vector", "residual_vector"))
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     soft = None
     if args.soft:
         from taskvec.activations.hooks import positions_from_str
-        from taskvec.activations.soft_files import load_soft
+        from taskvec.activations.soft_vector import load_soft
 
         if fv is not None:
             raise UserInputError("pass --fv or --soft, not both.")

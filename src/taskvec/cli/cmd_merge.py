@@ -6,14 +6,8 @@ import argparse
 import sys
 from typing import Any
 
-from taskvec.cli.common import (
-    add_json,
-    add_progress,
-    new_command,
-    print_json,
-    print_table,
-    show_progress,
-)
+from taskvec.cli.options import add_json, add_progress, new_command, parse_params, show_progress
+from taskvec.cli.output import print_json, print_table
 from taskvec.errors import UserInputError
 
 
@@ -40,20 +34,6 @@ def register(sub: Any) -> None:
     add_progress(p)
     add_json(p)
     p.set_defaults(func=run)
-
-
-def parse_params(items: list[str]) -> dict[str, str]:
-    """``["density=0.2", "lambda=1"]`` -> ``{"density": "0.2", "lambda": "1"}`` (typed later)."""
-    out: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or not key or not value.strip():
-            raise UserInputError(f'--param needs KEY=VALUE, got "{item}".')
-        if key in out:
-            raise UserInputError(f'--param "{key}" given twice.')
-        out[key] = value.strip()
-    return out
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -112,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     report = merge_files(method, open_sources(vectors), out, weights=weights, params=params, force=args.force,
                          base_model=base_model, progress=show_progress(args) and not args.json)
     report.notes[:0] = notes
-    from taskvec.cli.cmd_apply import peak_rss_bytes
+    from taskvec.cli.options import peak_rss_bytes
 
     data = report.to_dict() | {"peak_rss_bytes": peak_rss_bytes()}
     if args.json:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from taskvec.cli.common import add_json, new_command, print_json, print_table
+from taskvec.cli.options import add_json, new_command
+from taskvec.cli.output import print_json, print_table
 from taskvec.models.loading import DEFAULT_MODEL, EMBEDDED, cache_dir, is_installed
 
 

@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from taskvec.cli.common import (
+from taskvec.cli.options import (
     add_json,
     add_model,
     add_progress,
@@ -23,11 +23,10 @@ from taskvec.cli.common import (
     check_safetensors_out,
     group_help,
     new_command,
-    print_json,
-    print_table,
     show_progress,
     write_head_heatmap,
 )
+from taskvec.cli.output import print_json, print_table
 from taskvec.errors import UserInputError
 
 
@@ -95,12 +94,12 @@ def register(sub: Any) -> None:
 
 
 def _check_eval_args(args: argparse.Namespace, task: Any) -> list[int]:
-    from taskvec.activations.evaluate_fv import load_examples
-    from taskvec.activations.soft import test_split
+    from taskvec.activations.evaluation import load_examples
+    from taskvec.activations.soft import report_split
     from taskvec.activations.soft_compare import parse_shots
     from taskvec.models.loading import check_dtype_device
 
-    args.split = args.split or test_split(task)
+    args.split = args.split or report_split(task)
     load_examples(task, args.split, args.limit)  # validates split / limit before the model
     if args.batch_size <= 0:
         raise UserInputError(f"--batch-size must be positive, got {args.batch_size}.")
@@ -197,7 +196,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
     from taskvec.activations.soft_compare import comparison_table
-    from taskvec.activations.soft_files import load_soft
+    from taskvec.activations.soft_vector import load_soft
     from taskvec.tasks import get_task
 
     sv = load_soft(args.vector)
@@ -218,7 +217,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from taskvec.activations.soft_files import load_soft
+    from taskvec.activations.soft_vector import load_soft
 
     if args.top < 0:
         raise UserInputError(f"--top must be >= 0, got {args.top}.")
@@ -238,9 +237,9 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from taskvec.activations.files import load_activation
+    from taskvec.activations.activation_vector import load_activation
     from taskvec.activations.soft_compare import comparison_table
-    from taskvec.activations.soft_files import load_soft
+    from taskvec.activations.soft_vector import load_soft
     from taskvec.tasks import get_task
 
     task = get_task(args.task)

@@ -9,7 +9,7 @@ import traceback
 from collections.abc import Sequence
 
 from taskvec import __version__
-from taskvec.cli.common import add_common_flags
+from taskvec.cli.options import OneLineParser, add_common_flags
 from taskvec.errors import TaskVecError
 
 # Each module has register(subparsers) that adds its parser(s) with set_defaults(func=run).
@@ -19,22 +19,20 @@ SUBCOMMAND_MODULES = (
     "taskvec.cli.cmd_eval",
     "taskvec.cli.cmd_apply",
     "taskvec.cli.cmd_generate",
-    "taskvec.cli.cmd_vectors",
+    "taskvec.cli.cmd_extract",
+    "taskvec.cli.cmd_inspect",
+    "taskvec.cli.cmd_export_peft",
     "taskvec.cli.cmd_demo",
     "taskvec.cli.cmd_finetune",
     "taskvec.cli.cmd_merge",
     "taskvec.cli.cmd_fv",
+    "taskvec.cli.cmd_residual",
     "taskvec.cli.cmd_basis",
     "taskvec.cli.cmd_soft",
-    "taskvec.cli.cmd_arith",
+    "taskvec.cli.cmd_search",
+    "taskvec.cli.cmd_negate",
+    "taskvec.cli.cmd_compare",
 )
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports usage errors in one line and exits with 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

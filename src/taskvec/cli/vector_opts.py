@@ -47,8 +47,8 @@ def open_vector(spec: str, scale: float | None) -> LoadedVector:
     path = Path(spec)
     kind = file_kind(path) if path.suffix == ".safetensors" and path.is_file() else None
     if kind in ACTIVATION_KINDS:
-        import taskvec.activations.files  # noqa: F401 - registers the activation file loaders
-        import taskvec.activations.soft_files  # noqa: F401
+        import taskvec.activations.activation_vector  # noqa: F401 - registers the activation file loaders
+        import taskvec.activations.soft_vector  # noqa: F401
 
         vec = LOADERS.get(kind)(path)
         if kind == "soft_task_vector":

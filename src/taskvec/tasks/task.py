@@ -8,7 +8,7 @@ import random
 import string
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from taskvec.errors import (
@@ -103,9 +103,13 @@ def grouped_split(
     return parts
 
 
+#: the task data shipped inside the package
+DATA_DIR = Path(__file__).resolve().parent / "data"
+
+
 def read_package_bytes(*relpath: str) -> bytes:
     """Uncompressed bytes of a gzip file under ``taskvec/tasks/data/``."""
-    node = resources.files("taskvec.tasks").joinpath("data", *relpath)
+    node = DATA_DIR.joinpath(*relpath)
     if not node.is_file():
         raise MissingFileError(f"packaged task data {'/'.join(relpath)} is missing; {BUILD_HINT}.")
     with node.open("rb") as fh:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
 import shutil
 import warnings
@@ -185,3 +186,29 @@ def latest_checkpoint(root: str | os.PathLike) -> Checkpoint | None:
     if errors:
         raise FileFormatError(errors[0])
     return None
+
+
+def library_versions() -> dict[str, str]:
+    import peft
+    import transformers
+
+    import taskvec
+
+    return {"taskvec": taskvec.__version__, "torch": torch.__version__,
+            "transformers": transformers.__version__, "peft": peft.__version__,
+            "python": platform.python_version()}
+
+
+def truncate_log(path: Path, upto: int) -> None:
+    """Keep the log lines of steps <= ``upto`` (drop what an interrupted run logged later)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line)["step"] <= upto:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by a kill
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text("".join(k + "\n" for k in kept), encoding="utf-8")

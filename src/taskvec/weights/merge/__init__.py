@@ -9,8 +9,8 @@ file merge and the in-memory merge share their code. See docs/merging.md.
 """
 
 from taskvec.weights.merge.base import MergeMethod, Param
+from taskvec.weights.merge.driver import MergeReport, merge, merge_files, merge_vectors
 from taskvec.weights.merge.registry import get_method, list_methods, methods
-from taskvec.weights.merge.stream import MergeReport, merge, merge_files, merge_vectors
 
 __all__ = [
     "MergeMethod",

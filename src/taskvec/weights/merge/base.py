@@ -229,7 +229,7 @@ class MergeMethod:
 
     def merge(self, vectors: Sequence[TaskVector], weights: Sequence[float] | None = None, *, force: bool = False, **params: Any) -> TaskVector:
         """Merge in memory; see ``taskvec.weights.merge.merge`` (same code path as files)."""
-        from taskvec.weights.merge.stream import merge_vectors
+        from taskvec.weights.merge.driver import merge_vectors
 
         return merge_vectors(self, vectors, weights, params, force=force)
 

@@ -17,7 +17,7 @@ import torch
 
 from taskvec.weights.lowrank import Delta
 from taskvec.weights.merge.base import MergeMethod, Param
-from taskvec.weights.merge.ops import (
+from taskvec.weights.merge.kernels import (
     blockwise,
     flat,
     keep_count,

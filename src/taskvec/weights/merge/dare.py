@@ -21,7 +21,7 @@ import torch
 
 from taskvec.weights.lowrank import Delta
 from taskvec.weights.merge.base import MergeMethod, Param
-from taskvec.weights.merge.ops import blockwise, dare_keep_block, flat, linear_block, present
+from taskvec.weights.merge.kernels import blockwise, dare_keep_block, flat, linear_block, present
 from taskvec.weights.merge.task_arithmetic import LAMBDA, NORMALIZE_SUM, coefficients
 from taskvec.weights.merge.ties import NORMALIZE_MEAN, merge_signs
 

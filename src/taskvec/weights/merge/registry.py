@@ -1,24 +1,23 @@
 """Merge methods by name (mergekit's ``merge_methods/registry.py`` pattern).
 
-The method modules define their method objects without side effects; this module collects
-them into a :class:`~taskvec.registry.Registry` the first time a method is looked up.
+The method modules (one file per method) define their method objects without side effects;
+this module collects them into a :class:`~taskvec.registry.Registry` the first time a method is
+looked up. Add a method: write its module, then list its objects in :func:`_method_objects`.
 """
 
 from __future__ import annotations
 
-import importlib
-
 from taskvec.registry import Registry
 from taskvec.weights.merge.base import MergeMethod
 
-# module -> attribute names of the MergeMethod objects it defines
-_MODULES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("taskvec.weights.merge.task_arithmetic", ("METHOD",)),
-    ("taskvec.weights.merge.ties", ("METHOD",)),
-    ("taskvec.weights.merge.dare", ("LINEAR", "TIES")),
-    ("taskvec.weights.merge.tsv", ("METHOD",)),
-    ("taskvec.weights.merge.breadcrumbs", ("METHOD",)),
-)
+
+def _method_objects() -> list[MergeMethod]:
+    """Every merge method object, from its own module."""
+    from taskvec.weights.merge import breadcrumbs, dare, task_arithmetic, ties, tsv
+
+    return [task_arithmetic.METHOD, ties.METHOD, dare.LINEAR, dare.TIES, tsv.METHOD, breadcrumbs.METHOD]
+
+
 #: extra names for registered methods
 _ALIASES = {"dare": "dare_linear", "tsv_merge": "tsv"}
 
@@ -30,11 +29,8 @@ def methods() -> Registry[MergeMethod]:
     global _REGISTRY
     if _REGISTRY is None:
         reg: Registry[MergeMethod] = Registry("merge method")
-        for mod_name, attrs in _MODULES:
-            mod = importlib.import_module(mod_name)
-            for attr in attrs:
-                m: MergeMethod = getattr(mod, attr)
-                reg.register(m.name, m)
+        for m in _method_objects():
+            reg.register(m.name, m)
         for alias, target in _ALIASES.items():
             reg.register(alias, reg.get(target))
         _REGISTRY = reg

@@ -12,7 +12,7 @@ import torch
 
 from taskvec.weights.lowrank import Delta, LowRankDelta
 from taskvec.weights.merge.base import MergeMethod, Param
-from taskvec.weights.merge.ops import blockwise, flat, linear_block, present
+from taskvec.weights.merge.kernels import blockwise, flat, linear_block, present
 
 LAMBDA = Param("lambda", float, 1.0, "global scaling coefficient applied to the merged vector")
 NORMALIZE_SUM = Param("normalize", bool, False, "divide by the sum of the weights (a weighted mean)")

@@ -20,7 +20,7 @@ import torch
 
 from taskvec.weights.lowrank import Delta
 from taskvec.weights.merge.base import MergeMethod, Param
-from taskvec.weights.merge.ops import (
+from taskvec.weights.merge.kernels import (
     blocks,
     blockwise,
     elect_and_merge,

@@ -24,7 +24,7 @@ import torch
 
 from taskvec.weights.lowrank import Delta, dense_of
 from taskvec.weights.merge.base import MergeMethod, Param
-from taskvec.weights.merge.ops import numerical_rank, polar, present, svd_of
+from taskvec.weights.merge.kernels import numerical_rank, polar, present, svd_of
 from taskvec.weights.merge.task_arithmetic import LAMBDA
 
 KEEP = Param("keep", float, None, "fraction of each task's singular components kept (default 1/T)",

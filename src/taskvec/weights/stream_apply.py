@@ -42,6 +42,7 @@ from taskvec.formats import (
     dtype_size,
     model_safetensors_files,
     open_tensors,
+    row_blocks,
 )
 from taskvec.io_utils import atomic_dir
 from taskvec.models.fingerprint import check_fingerprint, fingerprint_tensors
@@ -217,20 +218,11 @@ def _progress(total: int, enabled: bool) -> Any:
     return tqdm(total=total, desc="apply", unit="tensor", disable=not enabled, leave=False)
 
 
-def _row_ranges(spec: TensorSpec) -> list[tuple[int, int]] | None:
-    """Row blocks (dim 0) of about ``CHUNK_BYTES`` of float32 each; None for a 0-d tensor."""
-    if not spec.shape:
-        return None
-    row = max(1, math.prod(spec.shape[1:]) * 4)
-    step = max(1, CHUNK_BYTES // row)
-    return [(a, min(spec.shape[0], a + step)) for a in range(0, spec.shape[0], step)]
-
-
 def _parts(spec: TensorSpec, reader: SafetensorsReader, source: VectorSource, scale: float) -> Iterator[torch.Tensor]:
     """The output tensor, row block by row block: ``base + scale * delta`` in its own dtype."""
     name = spec.name
     changed = name in source.shapes
-    for rng in _row_ranges(spec) or [None]:
+    for rng in row_blocks(spec.shape, CHUNK_BYTES // 4) or [None]:  # float32 blocks
         t = reader.get_tensor(name) if rng is None else reader.get_rows(name, *rng)
         if changed:
             d = source.get(name) if rng is None else source.get_rows(name, *rng)

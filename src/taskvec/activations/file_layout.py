@@ -1,7 +1,7 @@
 """What activation-space vector files share on top of :mod:`taskvec.formats`.
 
-Used by :mod:`taskvec.activations.files` (function / residual vectors, head means) and
-:mod:`taskvec.activations.soft_files` (soft task vectors). Tensors are stored as float32;
+Used by :mod:`taskvec.activations.activation_vector` (function / residual vectors, head means) and
+:mod:`taskvec.activations.soft_vector` (soft task vectors). Tensors are stored as float32;
 numbers in the metadata are stored as strings and parsed back on load; ``positions`` as text.
 The envelope (kind, format version, release, date) and the kind checks are the formats layer's.
 """

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from taskvec.activations.file_io import (
+from taskvec.activations.file_layout import (
     check_safetensors_suffix,
     open_metadata,
     parse_metadata,

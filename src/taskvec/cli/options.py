@@ -1,10 +1,12 @@
-"""Shared CLI helpers: common options, tables, JSON output."""
+"""The options every command shares (--json, --no-progress, --debug, --model, --seed, ...),
+input checks, and the one-line-error parser. Printing lives in :mod:`taskvec.cli.output`."""
 
 from __future__ import annotations
 
 import argparse
-import json
-from collections.abc import Callable, Sequence
+import resource
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,28 +56,6 @@ def add_run_options(p: argparse.ArgumentParser, force_help: str | None = None) -
 def show_progress(args: argparse.Namespace) -> bool:
     """Progress bars go to stderr, so they never mix with --json output on stdout."""
     return not getattr(args, "no_progress", False)
-
-
-def print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, sort_keys=False, default=str))
-
-
-def fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4f}"
-    return "" if v is None else str(v)
-
-
-def print_table(rows: Sequence[Sequence[Any]], headers: Sequence[str], title: str | None = None) -> None:
-    """A plain aligned text table."""
-    cells = [[fmt(c) for c in r] for r in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    if title:
-        print(title)
-    print("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
-    print("  ".join("-" * w for w in widths))
-    for r in cells:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
 
 
 def _plain(text: str) -> str:
@@ -180,3 +160,41 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
         for child in dict.fromkeys(action.choices.values()):
             add_common_flags(child)
 
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports usage errors in one line and exits with 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def parse_params(items: list[str]) -> dict[str, str]:
+    """``["density=0.2", "lambda=1"]`` -> ``{"density": "0.2", "lambda": "1"}`` (typed later)."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key or not value.strip():
+            raise UserInputError(f'--param needs KEY=VALUE, got "{item}".')
+        if key in out:
+            raise UserInputError(f'--param "{key}" given twice.')
+        out[key] = value.strip()
+    return out
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size.
+
+    Linux: ``VmHWM`` from ``/proc/self/status``, the peak of this process's own memory since
+    it started. ``ru_maxrss`` is not used there because it also carries the parent's peak
+    when the parent spawned us with vfork (as Python's subprocess does). Elsewhere
+    ``ru_maxrss`` (KiB on Linux, bytes on macOS).
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(r if sys.platform == "darwin" else r * 1024)

@@ -17,21 +17,19 @@ arithmetic; no vector files needed) or, given the original vectors, are measured
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from taskvec.basis.basis import KIND, Basis
-from taskvec.basis.gram import DEFAULT_CHUNK_ELEMS, VectorSet, _row_ranges, layer_key, progress_bar
+from taskvec.basis.basis import Basis
+from taskvec.basis.gram import DEFAULT_CHUNK_ELEMS, VectorSet, layer_key, progress_bar
 from taskvec.errors import ShapeMismatchError, UserInputError, unknown_name
+from taskvec.formats import row_blocks
 from taskvec.weights.vector import TaskVector
-from taskvec.weights.vector_source import VectorSource
 
-__all__ = ["ReconstructionWarning", "addition", "info", "is_basis_file", "load_basis_or_vector", "negation", "recover"]
+__all__ = ["ReconstructionWarning", "addition", "info", "negation", "recover"]
 
 
 class ReconstructionWarning(UserWarning):
@@ -52,7 +50,7 @@ def _combine(basis: Basis, a: torch.Tensor, mean_w: float, progress: bool, desc:
             if basis.random_projection:
                 assert basis.random_mix is not None
                 coef = basis.random_mix[g] @ a[g]  # (M,) weights of the raw directions
-            for rng in _row_ranges(shape, DEFAULT_CHUNK_ELEMS) or [None]:
+            for rng in row_blocks(shape, DEFAULT_CHUNK_ELEMS) or [None]:
                 r0, r1 = rng if rng is not None else (None, None)
                 e0, e1 = (r0 * row, r1 * row) if rng is not None else (0, 1)
                 if basis.random_projection:
@@ -260,76 +258,4 @@ def info(basis: Basis, vectors: Sequence[Any] | None = None, progress: bool = Fa
         out["tasks"].append(row)
     if "loss_history" in out["fit"]:
         out["fit"] = {k: v for k, v in out["fit"].items() if k != "loss_history"}
-    return out
-
-
-# -- helpers for other commands -------------------------------------------------------------
-def is_basis_file(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a taskvec basis file (reads the header only)."""
-    from taskvec.formats import file_kind
-
-    p = Path(path)
-    return p.suffix == ".safetensors" and p.is_file() and file_kind(p) == KIND
-
-
-def _split_task(path: str | os.PathLike) -> tuple[Path, str | None]:
-    """``BASIS#TASK`` -> (basis path, task); any other path -> (path, None)."""
-    p = Path(path)
-    if not p.exists() and "#" in str(path):
-        head, _, tail = str(path).rpartition("#")
-        if Path(head).exists():
-            return Path(head), tail
-    return p, None
-
-
-def load_basis_or_vector(path: str | os.PathLike, task: str | None = None) -> list[TaskVector]:
-    """Task vector(s) from a vector file, or recovered from a basis file (the one opener of
-    ``BASIS#TASK``).
-
-    ``PATH#TASK`` (or ``task=``) selects one task of a basis; a basis without a task gives all of
-    its tasks, recovered one by one (each a full dense vector). A vector file gives ``[vector]``.
-    """
-    from taskvec.weights.io import load_vector
-
-    p, selected = _split_task(path)
-    task = task or selected
-    if is_basis_file(p):
-        with Basis.load(p) as basis:
-            if task is not None:
-                return [basis.recover(task)]
-            return [basis.recover(i) for i in range(basis.T)]
-    if task is not None:
-        raise UserInputError(f"{p} is a task vector file, not a basis: drop the task selector #{task}.")
-    return [load_vector(p)]
-
-
-def load_one_vector(path: str | os.PathLike) -> TaskVector:
-    """One task vector: a vector file, or ``BASIS#TASK`` (a basis of several tasks is refused)."""
-    got = load_basis_or_vector(path)
-    if len(got) != 1:
-        raise UserInputError(f"{path} is a basis of {len(got)} tasks: pick one with {path}#TASK.")
-    return got[0]
-
-
-def open_sources(paths: Sequence[str | os.PathLike]) -> list[VectorSource]:
-    """Sources for merging or streaming: vector files are read lazily; ``BASIS#TASK`` is that
-    task recovered in memory; a bare basis file gives one source per task (``BASIS#TASK``)."""
-    from taskvec.weights.vector_source import MemorySource, open_source
-
-    out: list[VectorSource] = []
-    try:
-        for path in paths:
-            p, task = _split_task(path)
-            if not is_basis_file(p):
-                if task is not None:
-                    raise UserInputError(f"{p} is a task vector file, not a basis: drop the task selector #{task}.")
-                out.append(open_source(p))
-                continue
-            with Basis.load(p) as basis:
-                tasks = [task] if task is not None else list(basis.tasks)
-                out.extend(MemorySource(basis.recover(t), label=f"{p}#{t}", path=p) for t in tasks)
-    except BaseException:
-        for s in out:
-            s.close()
-        raise
     return out

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from taskvec.activations import file_io
+from taskvec.activations import file_layout
 from taskvec.activations.hooks import BlendHook, Positions, PositionSpec, positions_from_str
 from taskvec.activations.intervention import Intervention
 from taskvec.errors import (
@@ -238,10 +238,10 @@ class SoftTaskVector:
 
 def save_soft(sv: SoftTaskVector, path: str | os.PathLike) -> Path:
     """Write ``sv`` atomically as ``.safetensors`` (see the module docstring for the layout)."""
-    path = file_io.check_safetensors_suffix(path, "soft task vectors")
+    path = file_layout.check_safetensors_suffix(path, "soft task vectors")
     meta = dict(sv.metadata) | {"n_params": sv.n_params, "temperature": sv.temperature}
     tensors = {"coefficients": sv.coefficients, "head_means": sv.head_means}  # (L, H), (L, H, D)
-    return file_io.write_file(path, KIND, tensors, meta, (*_INT_KEYS, *_FLOAT_KEYS))
+    return file_layout.write_file(path, KIND, tensors, meta, (*_INT_KEYS, *_FLOAT_KEYS))
 
 
 def load_soft(path: str | os.PathLike) -> SoftTaskVector:
@@ -250,11 +250,11 @@ def load_soft(path: str | os.PathLike) -> SoftTaskVector:
     Raises ``MissingFileError``, or ``FileFormatError`` for anything that is not a complete soft
     task vector file (truncated, corrupted, another kind, inconsistent shapes or metadata).
     """
-    path, meta, _ = file_io.open_metadata(path, KIND, "soft task vector")
-    file_io.parse_metadata(path, meta, _INT_KEYS, _FLOAT_KEYS)
+    path, meta, _ = file_layout.open_metadata(path, KIND, "soft task vector")
+    file_layout.parse_metadata(path, meta, _INT_KEYS, _FLOAT_KEYS)
     if "recipe" in meta and not isinstance(meta["recipe"], dict):
         raise FileFormatError(f"{path} has a malformed training recipe in its metadata: re-create it.")
-    tensors = file_io.read_tensors(path)
+    tensors = file_layout.read_tensors(path)
     missing = {"coefficients", "head_means"} - set(tensors)
     if missing:
         raise FileFormatError(f"{path} has no {', '.join(sorted(missing))} tensor: re-create the file.")

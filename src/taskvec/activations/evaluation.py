@@ -14,8 +14,8 @@ from typing import Any
 
 from torch import nn
 
-from taskvec.activations.common import progress_bar
-from taskvec.activations.files import ActivationVector
+from taskvec.activations.activation_vector import ActivationVector
+from taskvec.activations.collect import progress_bar
 from taskvec.activations.intervention import Intervention
 from taskvec.errors import UserInputError
 from taskvec.eval.harness import EvalResult, evaluate
