@@ -13,6 +13,7 @@ module hook runs. Without a model (``model=None``) every call counts as a prefil
 from __future__ import annotations
 
 import fnmatch
+import inspect
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -87,6 +88,17 @@ def resolve_sites(model: nn.Module, sites: SiteSpec | Sequence[SiteSpec]) -> dic
     return out
 
 
+def _takes_torch_signature(hook: Hook) -> bool:
+    """Whether the hook's ``__call__`` has PyTorch's ``(module, input, output)`` signature
+    (three parameters) rather than taskvec's ``(name, module, inputs, output)``."""
+    try:
+        params = inspect.signature(type(hook).__call__).parameters
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in params.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) == 4  # self + module, input, output
+
+
 class Intervention:
     """Attach ``hook`` to ``targets`` (or named ``sites``) of ``model`` for a ``with`` block.
 
@@ -145,8 +157,12 @@ class Intervention:
 
     def _forward_fn(self, name: str):
         hook = self.hook
+        torch_style = _takes_torch_signature(hook)
 
         def fn(module: nn.Module, inputs: tuple, output: Any) -> Any:
+            hook.name = name  # which target is being called (read by torch-style hooks)
+            if torch_style:  # jacknewsom/task_vectors style: __call__(module, input, output)
+                return hook(module, inputs, output)
             return hook(name, module, inputs, output)
 
         return fn

@@ -32,6 +32,9 @@ def register(sub: Any) -> None:
     p.add_argument("--target", required=True, help="task to forget")
     p.add_argument("--control", required=True, help="task to keep")
     p.add_argument("--threshold", type=float, default=0.95, help="kept fraction of base control accuracy (0.95)")
+    p.add_argument("--rule", default="largest",
+                   help="which admissible c: largest (default) or min-target (lowest target accuracy, "
+                        "as TaskVectorBasis)")
     p.add_argument("--eval-limit", type=int, default=None, help="at most N eval examples per task (default: --limit)")
     add_selection(p, DEFAULT_NEG_GRID)
     add_progress(p)
@@ -41,8 +44,9 @@ def register(sub: Any) -> None:
 
 def run_negate(args: argparse.Namespace) -> int:
     from taskvec.tasks import get_task
-    from taskvec.weights.negate import negate
+    from taskvec.weights.negate import NEGATION_RULES, negate
 
+    NEGATION_RULES.get(args.rule)  # unknown rule: one line, before any work
     grid = check_selection(args)
     check_positive_opt("eval-limit", args.eval_limit)
     if any(c <= 0 for c in grid):
@@ -55,9 +59,9 @@ def run_negate(args: argparse.Namespace) -> int:
     vector = one_vector(args.vector)
     model, tok = load_model_for(args, [vector])
     res = negate(model, tok, vector, target, control, grid, args.limit, eval_limit=args.eval_limit,
-                 threshold=args.threshold, split=args.split, holdout=args.holdout, seed=args.seed,
+                 threshold=args.threshold, rule=args.rule, split=args.split, holdout=args.holdout, seed=args.seed,
                  batch_size=args.batch_size, progress=show_progress(args))
-    out = res.to_dict() | {"model": str(args.model), "vector": args.vector}
+    out = res.to_dict() | {"model": str(args.model), "vector": args.vector, "rule": args.rule}
     if args.json:
         print_json(out)
         return 0
@@ -67,7 +71,7 @@ def run_negate(args: argparse.Namespace) -> int:
           "*" if r["c"] == res.chosen else ""] for r in res.curve],
         ["c", f"{res.target} ({sel[res.target]})", f"{res.control} ({sel[res.control]})", "chosen"],
         title=f"base: {res.target} {res.base_select['target']:.4f}, {res.control} {res.base_select['control']:.4f}; "
-              f"rule: control >= {res.threshold:g} x base",
+              f"rule: {args.rule} c with control >= {res.threshold:g} x base",
     )
     print()
     if res.chosen is None:

@@ -9,14 +9,19 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from taskvec.errors import NonFiniteError, ShapeMismatchError
-from taskvec.weights.lowrank import LowRankDelta
+from taskvec.weights.lowrank import LowRankDelta, same_delta
 
 if TYPE_CHECKING:
     from taskvec.weights.vector import TaskVector
 
 
 def _resolve_params(vector: TaskVector, model: Any) -> dict[str, torch.nn.Parameter]:
-    """Map every vector name to a parameter; check shapes and tied aliases before any change."""
+    """Map every vector name to a parameter; check shapes and tied aliases before any change.
+
+    A delta given under both names of a tied parameter (``lm_head.weight`` and
+    ``model.embed_tokens.weight`` of a tied model: what a full-state-dict ``.pth`` holds) is
+    applied once when the two deltas are equal, and refused when they differ.
+    """
     params = dict(model.named_parameters(remove_duplicate=False))
     out: dict[str, torch.nn.Parameter] = {}
     seen: dict[int, str] = {}
@@ -35,9 +40,12 @@ def _resolve_params(vector: TaskVector, model: Any) -> dict[str, torch.nn.Parame
                 "apply it to the base model it was made from."
             )
         if id(p) in seen:  # tied weights (e.g. lm_head = embed_tokens): apply once
+            first = seen[id(p)]
+            if same_delta(delta, vector[first]):
+                continue
             raise ShapeMismatchError(
-                f'"{name}" and "{seen[id(p)]}" are the same (tied) parameter in this model; '
-                "the vector changes both: rebuild it from the tied model."
+                f'"{name}" and "{first}" are the same (tied) parameter in this model, but the vector '
+                "gives them different deltas: keep one of the two (or rebuild it from the tied model)."
             )
         seen[id(p)] = name
         out[name] = p
@@ -51,6 +59,8 @@ def apply_in_place(vector: TaskVector, model: Any, scale: float = 1.0) -> None:
         raise NonFiniteError(f"scale must be finite, got {scale}.")
     params = _resolve_params(vector, model)
     for name, delta in vector.items():
+        if name not in params:  # the tied alias of a parameter already updated
+            continue
         p = params[name]
         if isinstance(delta, LowRankDelta):
             A = delta.A.to(p.device, torch.float32)

@@ -105,3 +105,11 @@ def numel_of(delta: torch.Tensor | LowRankDelta) -> int:
 
 def shape_of(delta: torch.Tensor | LowRankDelta) -> torch.Size:
     return delta.shape
+
+
+def same_delta(a: Delta, b: Delta) -> bool:
+    """Whether two deltas are equal (dense values compared exactly)."""
+    if isinstance(a, LowRankDelta) or isinstance(b, LowRankDelta):
+        a = a.to_dense() if isinstance(a, LowRankDelta) else a
+        b = b.to_dense() if isinstance(b, LowRankDelta) else b
+    return tuple(a.shape) == tuple(b.shape) and torch.equal(a.float(), b.float())

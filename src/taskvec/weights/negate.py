@@ -2,8 +2,10 @@
 
 Protocol (Ilharco et al., 2023, "Editing models with task arithmetic", section 3): for each
 coefficient ``c`` of an increasing grid apply ``-c * vector`` to the base model, measure the
-*target* task (to forget) and a *control* task (to keep); choose the **largest** ``c`` whose
-control accuracy stays at or above ``threshold`` (95%) of the base model's control accuracy.
+*target* task (to forget) and a *control* task (to keep); among the ``c`` whose control
+accuracy stays at or above ``threshold`` (95%) of the base model's, choose by ``rule``: the
+**largest** ``c`` (default), or ``min-target``, the one with the lowest target accuracy (ties:
+the smallest ``c``), as uiuctml/TaskVectorBasis does.
 The choice is made on the search examples (held-out train slice, see
 ``taskvec.weights.search``); the base model and the chosen ``c`` are then evaluated on both
 tasks' eval splits, and the drop in target accuracy is reported there.
@@ -13,10 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from taskvec.errors import UserInputError
+from taskvec.registry import Registry
 from taskvec.weights.search import (
     DEFAULT_HOLDOUT,
     Scorer,
@@ -72,11 +76,29 @@ class NegationResult:
                                            "control_retained": self.control_retained}
 
 
+def _largest(ok: list[dict[str, float]]) -> float:
+    return max(row["c"] for row in ok)
+
+
+def _min_target(ok: list[dict[str, float]]) -> float:
+    # the lowest target accuracy; ties go to the smallest c (the least change to the model)
+    return min(ok, key=lambda row: (row["target"], row["c"]))["c"]
+
+
+#: how the coefficient is chosen among the admissible ones (control >= threshold x base):
+#: ``largest`` (taskvec's default), ``min-target`` (uiuctml/TaskVectorBasis's rule)
+NEGATION_RULES: Registry[Callable[[list[dict[str, float]]], float]] = Registry("negation rule")
+NEGATION_RULES.register("largest", _largest)
+NEGATION_RULES.register("min-target", _min_target)
+
+
 def choose_coefficient(curve: list[dict[str, float]], base_control: float,
-                       threshold: float = DEFAULT_THRESHOLD) -> float | None:
-    """The largest ``c`` in ``curve`` with ``control >= threshold * base_control`` (or None)."""
-    ok = [row["c"] for row in curve if row["control"] >= threshold * base_control - 1e-12]
-    return max(ok) if ok else None
+                       threshold: float = DEFAULT_THRESHOLD, rule: str = "largest") -> float | None:
+    """The coefficient ``rule`` picks among the ``c`` in ``curve`` with
+    ``control >= threshold * base_control`` (None if there is none)."""
+    choose = NEGATION_RULES.get(rule)
+    ok = [row for row in curve if row["control"] >= threshold * base_control - 1e-12]
+    return choose(ok) if ok else None
 
 
 def negate(
@@ -85,6 +107,7 @@ def negate(
     eval_limit: int | None = None, threshold: float = DEFAULT_THRESHOLD, split: str | None = None,
     holdout: int = DEFAULT_HOLDOUT, seed: int = 0, final_eval: bool = True,
     scorer: Scorer | None = None, batch_size: int = 16, progress: bool = True, restore: str = "copy",
+    rule: str = "largest",
 ) -> NegationResult:
     """Negate ``vector`` on ``model`` (in memory; restored afterwards); see the module docstring.
 
@@ -93,6 +116,7 @@ def negate(
     """
     from tqdm.auto import tqdm
 
+    NEGATION_RULES.get(rule)  # an unknown rule is refused before any work
     values = parse_grid(grid)
     if any(c <= 0 for c in values):
         raise UserInputError("negation coefficients must be positive (the vector is subtracted); fix --grid.")
@@ -116,7 +140,7 @@ def negate(
             with applied(model, vector, -c, restore):
                 curve.append({"c": c} | score(sel))
             bar.update(1)
-    chosen = choose_coefficient(curve, base_sel["control"], threshold)
+    chosen = choose_coefficient(curve, base_sel["control"], threshold, rule)
     res = NegationResult(
         target=target_task.name, control=control_task.name, threshold=threshold, grid=values,
         select_split={k: v[0] for k, v in sel.items()}, select_n={k: len(v[1]) for k, v in sel.items()},

@@ -46,7 +46,7 @@ from taskvec.formats import (
 )
 from taskvec.io_utils import atomic_dir
 from taskvec.models.fingerprint import check_fingerprint, fingerprint_tensors
-from taskvec.weights.lowrank import LowRankDelta
+from taskvec.weights.lowrank import LowRankDelta, same_delta
 from taskvec.weights.vector import TaskVector
 from taskvec.weights.vector_source import VectorSource, open_source
 
@@ -140,6 +140,13 @@ def _check_names(source: VectorSource, base: dict[str, SafetensorsReader], base_
             tied = cfg.get("tie_word_embeddings", cfg.get("text_config", {}).get("tie_word_embeddings", True))
             embeds = [n for n in base if n.endswith(_EMBED_SUFFIXES)]
             if name.endswith(_HEAD_SUFFIXES) and tied and embeds:
+                if embeds[0] in source.shapes:  # both tied names given (a full state dict)
+                    if same_delta(source.get(name), source.get(embeds[0])):
+                        continue  # the stored embedding gets it once
+                    raise ShapeMismatchError(
+                        f'"{name}" and "{embeds[0]}" are the same (tied) tensor in this base, but the '
+                        f'vector gives them different deltas: keep one of the two and apply again.'
+                    )
                 raise ShapeMismatchError(
                     f'the vector changes "{name}", but this base ties it to "{embeds[0]}" and does not '
                     f'store it: drop "{name}" from the vector (or add it to "{embeds[0]}") and apply again.'

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from taskvec.errors import NonFiniteError, ShapeMismatchError
+from taskvec.errors import NonFiniteError, ShapeMismatchError, UserInputError
 from taskvec.weights.lowrank import Delta, LowRankDelta, dense_of, svd_low_rank
 
 _LAYER_RE = re.compile(r"(?:^|\.)(?:layers|h|layer|blocks)\.(\d+)\.")
@@ -46,16 +46,46 @@ def _state_items(obj: Any) -> Iterator[tuple[str, torch.Tensor]]:
         yield k, p.detach()
 
 
+def _is_weights(obj: Any) -> bool:
+    """A model, a model directory, or a non-empty state dict of tensors (not metadata)."""
+    if isinstance(obj, torch.nn.Module):
+        return True
+    if isinstance(obj, (str, os.PathLike)):
+        return Path(obj).is_dir()
+    return isinstance(obj, Mapping) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
 class TaskVector:
     """A task vector: parameter name -> delta (a dense tensor or a ``LowRankDelta``).
 
     Names are the base model's parameter names. Arithmetic (``+``, ``-``, unary ``-``, scalar
     ``*``) returns new vectors; low-rank + low-rank stays low-rank (stacked factors, exact).
+
+    Besides ``TaskVector(deltas, metadata)``, the call forms of Task_vector_Interpretation_and_
+    Analysis work as written (docs/seeds.md): ``TaskVector(pretrained, finetuned)`` (two models,
+    state dicts or model directories: ``finetuned - pretrained``, as :meth:`from_models`) and
+    ``TaskVector(vector=state_dict)``; ``.vector`` is the ``{name: dense delta}`` dict.
     """
 
-    def __init__(self, deltas: Mapping[str, Delta], metadata: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, deltas: Any = None, metadata: Any = None, *, vector: Mapping[str, Any] | None = None) -> None:
+        if vector is not None:
+            if deltas is not None:
+                raise UserInputError("pass the deltas once: TaskVector(deltas) or TaskVector(vector=deltas).")
+            deltas = vector
+        elif _is_weights(deltas) and _is_weights(metadata):  # TaskVector(pretrained, finetuned)
+            built = TaskVector.from_models(deltas, metadata)
+            deltas, metadata = built.deltas, built.metadata
+        if not isinstance(deltas, Mapping):
+            raise UserInputError(
+                f"TaskVector takes {{name: delta}} (or pretrained and finetuned models), got {type(deltas).__name__}."
+            )
         self.deltas: dict[str, Delta] = dict(deltas)
         self.metadata: dict[str, Any] = dict(metadata or {})
+
+    @property
+    def vector(self) -> dict[str, torch.Tensor]:
+        """``{name: dense delta}`` (low-rank deltas densified), e.g. for ``torch.save``."""
+        return {k: d.to_dense() if isinstance(d, LowRankDelta) else d for k, d in self.deltas.items()}
 
     # -- construction -------------------------------------------------------------------
     @classmethod
