@@ -139,3 +139,65 @@ def test_negation_rules_hand_computed() -> None:
 
     with pytest.raises(UnknownNameError, match="Did you mean \"min-target\""):
         choose_coefficient(curve, 0.8, 0.95, "min_target")
+
+
+def _gram(T: int = 6, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    V = torch.randn(50, T, generator=g, dtype=torch.float64)
+    return V.T @ V
+
+
+def test_autoencoder_source_options_autograd_equals_closed_form() -> None:
+    """The autograd path (any source option set) computes the same loss and gradients as the
+    closed form: with an inert option (a huge grad_clip) the fits agree."""
+    from taskvec.basis.autoencoder import train_autoencoder
+
+    G = _gram()
+    ref = train_autoencoder(G, 3, seed=1, steps=60, refit=False)
+    alt = train_autoencoder(G, 3, seed=1, steps=60, refit=False, grad_clip=1e12)
+    # 60 Adam steps in float64 from the same start: only rounding separates the two paths
+    torch.testing.assert_close(alt.coefficients, ref.coefficients, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(alt.mix, ref.mix, rtol=1e-9, atol=1e-12)
+
+
+def test_autoencoder_source_options_run_and_are_checked() -> None:
+    from taskvec.basis.autoencoder import train_autoencoder
+    from taskvec.errors import UserInputError
+
+    G = _gram()
+    base = train_autoencoder(G, 3, seed=0, steps=200, refit=False)
+    for opts in ({"encoder": "linear"}, {"w_activation": "softmax"}, {"batch_cols": 3},
+                 {"anneal_every": 50, "anneal_factor": 0.5}, {"weight_decay": 1e-6, "loss_norm": "t2"}):
+        fit = train_autoencoder(G, 3, seed=0, steps=200, refit=False, **opts)
+        # W starts at 0, where the relative error is exactly 1: training lowered it
+        assert fit.info["source_options"] and 0 <= fit.info["relative_error"] < 1.0, opts
+    annealed = train_autoencoder(G, 3, seed=0, steps=200, anneal_every=50, anneal_factor=0.5)
+    assert annealed.info["tau_final"] == 5.0 * 0.5**4
+    assert base.info["tau_final"] == 5.0 and "source_options" not in base.info
+    for bad in ({"encoder": "relu"}, {"anneal_every": 10}, {"grad_clip": -1.0}, {"nope": 1}):
+        with pytest.raises(UserInputError):
+            train_autoencoder(G, 3, steps=1, **bad)
+
+
+def test_basis_build_cli_takes_source_options(tmp_path, capsys) -> None:
+    import json
+
+    from conftest import run_cli
+
+    g = torch.Generator().manual_seed(0)
+    paths = []
+    for i in range(4):
+        p = TaskVector({"w": torch.randn(6, 5, generator=g)}, {"task": f"t{i}"}).save(tmp_path / f"v{i}.safetensors")
+        paths.append(p)
+    code, out, err = run_cli(capsys, "basis", "build", "--method", "autoencoder", "--m", 2, *paths,
+                             "--out", tmp_path / "b.safetensors", "--steps", 50, "--option", "refit=false",
+                             "--option", "loss_norm=t2", "--option", "weight_decay=1e-6", "--json")
+    assert code == 0, err
+    fit = json.loads(out)
+    assert "t2" in json.dumps(fit)  # the source's loss scaling is recorded with the fit
+    code, _, err = run_cli(capsys, "basis", "build", "--method", "autoencoder", *paths,
+                           "--out", tmp_path / "c.safetensors", "--option", "encoder=relu")
+    assert code == 2 and "encoder must be one of" in err and not (tmp_path / "c.safetensors").exists()
+    code, _, err = run_cli(capsys, "basis", "build", "--method", "pca", *paths,
+                           "--out", tmp_path / "d.safetensors", "--option", "refit")
+    assert code == 2 and "--option needs KEY=VALUE" in err

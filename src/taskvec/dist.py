@@ -6,6 +6,7 @@ so a distributed run computes exactly what a single process computes, only faste
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Sequence
 from typing import Any, TypeVar
@@ -25,9 +26,23 @@ def world() -> tuple[int, int]:
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() and os.environ.get("TASKVEC_DIST_BACKEND") != "gloo" else "gloo"
         dist.init_process_group(backend=backend)
+        # shut the group down before the interpreter does: a rank that finishes early (e.g. the
+        # non-writing ranks of a basis build) otherwise exits with gloo's threads still running,
+        # which aborts it ("terminate called without an active exception")
+        atexit.register(_shutdown)
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     return dist.get_rank(), dist.get_world_size()
+
+
+def _shutdown() -> None:
+    import torch.distributed as dist
+
+    try:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    except Exception:  # noqa: BLE001 - best effort at interpreter exit
+        pass
 
 
 def is_main() -> bool:

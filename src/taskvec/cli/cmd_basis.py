@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from taskvec.cli.options import add_json, add_progress, new_command, show_progress
+from taskvec.cli.options import add_json, add_progress, new_command, parse_params, show_progress
 from taskvec.cli.output import print_json, print_table
 
 _METHODS = ("pca", "autoencoder", "random", "random_sample")
@@ -33,6 +33,9 @@ def register(sub: Any) -> None:
     b.add_argument("--tau", type=float, default=None, help="autoencoder: softmax temperature (default 5.0)")
     b.add_argument("--steps", type=int, default=None, help="autoencoder: Adam steps (default 4000)")
     b.add_argument("--lr", type=float, default=None, help="autoencoder: Adam learning rate (default 0.01)")
+    b.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="another method option, repeatable, e.g. refit=false, weight_decay=1e-6, "
+                        "loss_norm=t2 (autoencoder: the uiuctml/TaskVectorBasis options, docs/bases.md)")
     b.add_argument("--chunk-elems", type=int, default=None,
                    help="elements per row block and task (default 1048576; 0 = whole tensors)")
     add_json(b)
@@ -81,12 +84,25 @@ def _err(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3g}"
 
 
+def _option_value(text: str) -> Any:
+    """``--option`` values: true/false, an int, a float, else the text (e.g. a mode name)."""
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
 def run_build(args: argparse.Namespace) -> int:
     from taskvec.basis import build_basis
     from taskvec.basis.gram import DEFAULT_CHUNK_ELEMS
 
-    opts = {"tau": args.tau, "steps": args.steps, "lr": args.lr}
-    opts = {k: v for k, v in opts.items() if v is not None}
+    opts = {k: _option_value(v) for k, v in parse_params(args.option, "--option").items()}
+    opts |= {k: v for k, v in {"tau": args.tau, "steps": args.steps, "lr": args.lr}.items() if v is not None}
     chunk = DEFAULT_CHUNK_ELEMS if args.chunk_elems is None else args.chunk_elems
     with _warnings_to_stderr():
         basis = build_basis(args.vectors, args.out, method=args.method, m=args.m, per_layer=args.per_layer,

@@ -168,16 +168,16 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
-def parse_params(items: list[str]) -> dict[str, str]:
+def parse_params(items: list[str], flag: str = "--param") -> dict[str, str]:
     """``["density=0.2", "lambda=1"]`` -> ``{"density": "0.2", "lambda": "1"}`` (typed later)."""
     out: dict[str, str] = {}
     for item in items:
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or not key or not value.strip():
-            raise UserInputError(f'--param needs KEY=VALUE, got "{item}".')
+            raise UserInputError(f'{flag} needs KEY=VALUE, got "{item}".')
         if key in out:
-            raise UserInputError(f'--param "{key}" given twice.')
+            raise UserInputError(f'{flag} "{key}" given twice.')
         out[key] = value.strip()
     return out
 
