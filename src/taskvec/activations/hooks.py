@@ -114,6 +114,7 @@ class Hook:
         self.positions = positions
         self.phase = "prefill"
         self.step = 0
+        self.name: str | None = None  # the target being called (set by Intervention before each call)
 
     # ------------------------------------------------------------------ positions
 

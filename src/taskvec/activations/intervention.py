@@ -171,6 +171,7 @@ class Intervention:
         hook = self.hook
 
         def fn(module: nn.Module, args: tuple, kwargs: dict) -> Any:
+            hook.name = name
             if args:
                 new = hook.pre(name, module, args)
                 return None if new is None else (tuple(new), kwargs)
