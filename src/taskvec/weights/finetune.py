@@ -457,6 +457,7 @@ def _train(
                             {"losses": losses, "seconds": seconds, "config": config},
                             keep=KEEP_CHECKPOINTS,
                         )
+                    dist.barrier()  # the checkpoint is on disk before any rank goes on (or dies)
                 bar.update(1)
                 bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.4f}")
                 if callback is not None:
