@@ -174,8 +174,21 @@ def _mixed_vector(seed: int = 0) -> TaskVector:
     )
 
 
+#: methods with no parameters under which one vector comes back as itself
+NO_IDENTITY = {"iso_c": "flattens the spectrum of even one task", "iso_cts": "the same"}
+
+
 def test_every_method_has_identity_params() -> None:
-    assert sorted(IDENTITY) == sorted(m.name for m in list_methods())
+    assert sorted(IDENTITY | NO_IDENTITY) == sorted(m.name for m in list_methods())
+
+
+@pytest.mark.parametrize("method", sorted(NO_IDENTITY))
+def test_iso_methods_keep_a_flat_spectrum_task(method: str) -> None:
+    q, _ = torch.linalg.qr(torch.randn(6, 5, generator=torch.Generator().manual_seed(0)))
+    v = TaskVector({"l.weight": q * 0.3, "l.bias": torch.randn(6)})  # singular values all 0.3
+    out = merge(method, [v])
+    torch.testing.assert_close(out["l.weight"], v["l.weight"], atol=1e-6, rtol=0)
+    assert torch.equal(out["l.bias"], v["l.bias"])
 
 
 @pytest.mark.parametrize("method", sorted(IDENTITY))

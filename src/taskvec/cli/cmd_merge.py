@@ -13,11 +13,13 @@ from taskvec.errors import UserInputError
 
 def register(sub: Any) -> None:
     p = new_command(
-        sub, "merge", "merge task vectors (task_arithmetic, ties, dare_linear, dare_ties, tsv, breadcrumbs)",
+        sub, "merge", "merge task vectors (task_arithmetic, ties, dare, tsv, iso_c, iso_cts, breadcrumbs)",
         description=(
             "Merge task vector files into one, streaming tensor by tensor (memory ~ one tensor per "
-            "input). Give --method/--vectors/--out, or a mergekit-style YAML with --config. "
-            "See docs/merging.md."
+            "input). Low-rank (LoRA) inputs stay low-rank: task_arithmetic, tsv, iso_c and iso_cts "
+            "work exactly in the inputs' shared core space; ties/dare/breadcrumbs do with "
+            "--param space=core (a different method). Give --method/--vectors/--out, or a "
+            "mergekit-style YAML with --config. See docs/merging.md and docs/lora.md."
         ),
     )
     p.add_argument("--method", default=None, help="merge method (see --list)")
@@ -30,6 +32,11 @@ def register(sub: Any) -> None:
     p.add_argument("--out", default=None, help="output .safetensors (required unless the config has out:)")
     p.add_argument("--base-model", default=None, help="check the vectors' base against this model name or directory")
     p.add_argument("--force", action="store_true", help="merge even if the vectors' base fingerprints differ")
+    trunc = p.add_mutually_exclusive_group()
+    trunc.add_argument("--rank", type=int, default=None, metavar="R",
+                       help="truncate every low-rank output to rank R (SVD of its core; error reported)")
+    trunc.add_argument("--energy", type=float, default=None, metavar="E",
+                       help="keep the fewest components holding fraction E of each low-rank output's energy")
     p.add_argument("--list", action="store_true", help="list the merge methods and their parameters")
     add_progress(p)
     add_json(p)
@@ -90,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
     from taskvec.basis import open_sources
 
     report = merge_files(method, open_sources(vectors), out, weights=weights, params=params, force=args.force,
-                         base_model=base_model, progress=show_progress(args) and not args.json)
+                         base_model=base_model, progress=show_progress(args) and not args.json,
+                         rank=args.rank, energy=args.energy)
     report.notes[:0] = notes
     from taskvec.cli.options import peak_rss_bytes
 
@@ -100,6 +108,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     for note in report.notes:
         print(f"note: {note}", file=sys.stderr)
+    if report.truncation:
+        t = report.truncation
+        print(f"truncation: relative Frobenius error {t['relative_error']:.3g} overall, worst "
+              f"{t['worst_relative_error']:.3g} ({t['worst_tensor']})", file=sys.stderr)
     print_table(
         [[report.method, len(report.inputs), report.tensors, report.storage, f"{report.bytes_written / 1e6:.1f} MB",
           f"{report.seconds:.1f}s", str(report.out)]],

@@ -2,6 +2,7 @@
 weight files, and the metadata envelope and kinds of taskvec's own files (docs/formats.md).
 Imports nothing from the rest of taskvec but ``errors``, ``registry`` and ``io_utils``."""
 
+from taskvec.formats.deferred import DeferredHeaderWriter
 from taskvec.formats.envelope import (
     KINDS,
     LOADERS,
@@ -29,6 +30,7 @@ from taskvec.formats.safetensors import (
 
 __all__ = [
     "DTYPE_FROM_ST",
+    "DeferredHeaderWriter",
     "INDEX_NAME",
     "KINDS",
     "LOADERS",

@@ -272,7 +272,7 @@ def encode_header(specs: Sequence[TensorSpec], metadata: Mapping[str, str] | Non
     return len(raw).to_bytes(8, "little") + raw, offsets
 
 
-def _tensor_bytes(t: torch.Tensor) -> memoryview:
+def tensor_bytes(t: torch.Tensor) -> memoryview:
     """The raw little-endian bytes of a CPU tensor, without a copy when it is contiguous."""
     flat = t.detach().cpu().contiguous().reshape(-1)
     if flat.numel() == 0:
@@ -331,7 +331,7 @@ class StreamingSafetensorsWriter:
                     f'a block of tensor "{name}" is {part.dtype} {tuple(part.shape)}, which does not '
                     f"fit the declared {spec.dtype} {spec.shape}."
                 )
-            data = _tensor_bytes(part)
+            data = tensor_bytes(part)
             self._f.write(data)
             total += len(data)
         if total != spec.nbytes:

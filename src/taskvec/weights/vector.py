@@ -183,13 +183,21 @@ class TaskVector:
         return TaskVector({k: dense_of(d) for k, d in self.deltas.items()}, self._meta(storage="dense"))
 
     def to_low_rank(self, rank: int | None = None, energy: float | None = None) -> TaskVector:
-        """Truncated SVD of every 2-D delta (1-D deltas such as norms stay dense)."""
+        """Truncated SVD of every 2-D delta (1-D deltas such as norms stay dense).
+
+        Low-rank deltas are never densified: the SVD goes through their factors
+        (``core_space.compress``), and with neither ``rank`` nor ``energy`` they are brought to
+        their minimal (numerical) rank, e.g. after a sum or a merge."""
+        from taskvec.weights.core_space import compress
+
         out: dict[str, Delta] = {}
         for k, d in self.deltas.items():
             if len(d.shape) != 2:
                 out[k] = d
-                continue
-            out[k] = svd_low_rank(dense_of(d), rank=rank, energy=energy)
+            elif isinstance(d, LowRankDelta):
+                out[k] = compress(d, rank, energy)[0]
+            else:
+                out[k] = svd_low_rank(dense_of(d), rank=rank, energy=energy)
         tv = TaskVector(out, self._meta())
         tv.metadata["storage"] = tv.form
         return tv

@@ -31,6 +31,7 @@ from taskvec.errors import FileFormatError, MissingFileError, NonFiniteError, Us
 from taskvec.formats import (
     LOADERS,
     ST_FROM_DTYPE,
+    DeferredHeaderWriter,
     SafetensorsReader,
     StreamingSafetensorsWriter,
     TensorSpec,
@@ -184,13 +185,17 @@ class VectorWriter:
     ``scales``: the low-rank scales to record (known up front, e.g. for a whole ``TaskVector``);
     without them every low-rank delta's scale is folded into ``B`` and recorded as 1.0, which
     is what a streaming merge needs (its results are not known when the header is written).
+    ``bounded``: each entry's rank is an upper bound (a core-space merge knows a result's rank
+    only once computed); the header is written at close (:class:`DeferredHeaderWriter`), and
+    :meth:`set_metadata` may replace the metadata before then.
     """
 
     def __init__(self, path: str | os.PathLike, entries: Sequence[Entry], metadata: Mapping[str, Any],
-                 scales: Mapping[str, float] | None = None) -> None:
+                 scales: Mapping[str, float] | None = None, bounded: bool = False) -> None:
         self.path = Path(path)
         self.entries = {e.name: e for e in entries}
         self.scales = dict(scales) if scales is not None else None
+        self.bounded = bounded
         specs: list[TensorSpec] = []
         for e in entries:
             st = ST_FROM_DTYPE.get(e.dtype)
@@ -201,22 +206,37 @@ class VectorWriter:
             else:
                 specs += [TensorSpec(f"lora_A::{e.name}", st, (e.rank, e.shape[1])),
                           TensorSpec(f"lora_B::{e.name}", st, (e.shape[0], e.rank))]
-        recorded = {e.name: (self.scales or {}).get(e.name, 1.0) for e in entries if e.rank is not None}
-        meta = envelope(KIND, dict(metadata) | {"storage": _storage(entries), "scales": recorded})
+        self._recorded = {e.name: (self.scales or {}).get(e.name, 1.0) for e in entries if e.rank is not None}
+        self._storage = _storage(entries)
+        meta = self._envelope(metadata)
         self.bytes_written = 0
         self._atomic = atomic_path(self.path)
         tmp = self._atomic.__enter__()
         try:
-            self._writer = StreamingSafetensorsWriter(tmp, specs, encode_metadata(meta))
+            if bounded:
+                self._writer: StreamingSafetensorsWriter | DeferredHeaderWriter = DeferredHeaderWriter(tmp, specs, meta)
+            else:
+                self._writer = StreamingSafetensorsWriter(tmp, specs, meta)
         except BaseException as exc:
             self._atomic.__exit__(type(exc), exc, exc.__traceback__)
             raise
+
+    def _envelope(self, metadata: Mapping[str, Any]) -> dict[str, str]:
+        return encode_metadata(envelope(KIND, dict(metadata) | {"storage": self._storage, "scales": self._recorded}))
+
+    def set_metadata(self, metadata: Mapping[str, Any]) -> None:
+        """Replace the metadata written at close (``bounded`` writers only)."""
+        if not isinstance(self._writer, DeferredHeaderWriter):
+            raise RuntimeError("set_metadata needs a bounded VectorWriter (its header is written last).")
+        self._writer.metadata = self._envelope(metadata)
 
     def write(self, name: str, delta: Delta) -> None:
         """Append the next delta (its form must match the declared entry)."""
         e = self.entries[name]
         if (e.rank is None) == isinstance(delta, LowRankDelta):
             raise UserInputError(f'"{name}" was declared {"dense" if e.rank is None else "low-rank"}.')
+        if isinstance(delta, LowRankDelta) and delta.rank > (e.rank or 0):
+            raise UserInputError(f'"{name}" has rank {delta.rank}, more than the declared {e.rank}.')
         if isinstance(delta, LowRankDelta):
             B = delta.B.to(e.dtype)
             if self.scales is None and delta.scale != 1.0:

@@ -15,9 +15,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from taskvec.errors import UserInputError, did_you_mean
-from taskvec.weights.lowrank import Delta
+from taskvec.weights.lowrank import Delta, LowRankDelta
 
 if TYPE_CHECKING:
+    import torch
+
+    from taskvec.weights.core_space import CoreSpace
     from taskvec.weights.vector import TaskVector
     from taskvec.weights.vector_source import VectorSource
 
@@ -127,17 +130,32 @@ def check_weights(weights: Sequence[Any] | None, n: int) -> tuple[list[float], l
     return out, errors
 
 
+#: where a method works on low-rank inputs: "dense" deltas, or the shared "core" space
+#: (``taskvec.weights.core_space``); "auto" = core when every input of the tensor is low-rank
+SPACE_EXACT = Param("space", str, "auto", "low-rank inputs: auto (core space, exact), core, or dense",
+                    choices=("auto", "core", "dense"))
+SPACE_ELEMENTWISE = Param("space", str, "dense", "low-rank inputs: dense (the published method) or core "
+                          "(the method on the shared core matrices: a different method)",
+                          choices=("dense", "core"))
+
+
+def low_rank_inputs(deltas: Sequence[Delta | None]) -> list[LowRankDelta] | None:
+    """The present deltas if every one is low-rank, else None."""
+    ds = [d for d in deltas if d is not None]
+    return ds if ds and all(isinstance(d, LowRankDelta) for d in ds) else None  # type: ignore[return-value]
+
+
 class MergeMethod:
     """Base class of merge methods. Subclasses set ``name``, ``summary``, ``params`` and
-    implement :meth:`merge_tensor`; element-wise methods densify low-rank inputs per tensor.
+    implement :meth:`merge_tensor` (the dense path: element-wise methods densify low-rank
+    inputs per tensor). A method with a ``space`` parameter also runs in core space
+    (:meth:`merge_core`), where low-rank inputs give a low-rank result and no (out, in) tensor
+    is formed; :meth:`apply_tensor` picks the path.
     """
 
     name: str = ""
     summary: str = ""
     params: tuple[Param, ...] = ()
-    #: when every present input of a tensor is low-rank, ``merge_tensor`` returns a
-    #: ``LowRankDelta`` (scale 1.0) whose rank is the sum of the input ranks
-    preserves_low_rank: bool = False
 
     # -- parameters ---------------------------------------------------------------------
     def param(self, name: str) -> Param:
@@ -226,6 +244,46 @@ class MergeMethod:
     def merge_tensor(self, name: str, deltas: list[Delta | None], weights: list[float], params: dict[str, Any]) -> Delta | None:
         """Merge one tensor: ``deltas[i]`` is vector i's delta (None if it lacks the tensor)."""
         raise NotImplementedError
+
+    def in_core(self, name: str, deltas: Sequence[Delta | None], params: Mapping[str, Any]) -> bool:
+        """Whether this tensor is merged in core space (``space`` parameter and input forms)."""
+        space = params.get("space")
+        if space is None or space == "dense":
+            return False
+        if low_rank_inputs(deltas) is not None:
+            return True
+        if space == "core" and any(isinstance(d, LowRankDelta) for d in deltas):
+            raise UserInputError(
+                f'space "core" needs every input of "{name}" low-rank, but some are dense: '
+                "merge vectors of one form, or use space: dense."
+            )
+        return False
+
+    def output_rank(self, name: str, ranks: Sequence[int | None], shape: Sequence[int], params: Mapping[str, Any]) -> int | None:
+        """Upper bound of the merged tensor's rank (None: dense); ``ranks`` of the present inputs."""
+        space = params.get("space")
+        if space in (None, "dense") or not ranks or any(r is None for r in ranks) or len(shape) != 2:
+            return None
+        return max(1, min(sum(r or 0 for r in ranks), *shape))
+
+    def merge_core(self, name: str, cs: CoreSpace, deltas: list[Delta | None], weights: list[float],
+                   params: dict[str, Any]) -> torch.Tensor:
+        """Merged core (p, q) from ``cs.cores`` (one per present input, in order). Default: the
+        dense path run on the cores as if they were the deltas (element-wise methods)."""
+        it = iter(cs.cores)
+        cores: list[Delta | None] = [None if d is None else next(it).float() for d in deltas]
+        out = self.merge_tensor(name, cores, weights, params)
+        assert out is not None and not isinstance(out, LowRankDelta)
+        return out
+
+    def apply_tensor(self, name: str, deltas: list[Delta | None], weights: list[float], params: dict[str, Any]) -> Delta | None:
+        """Merge one tensor on the path :meth:`in_core` picks (core: a low-rank result)."""
+        if not self.in_core(name, deltas, params):
+            return self.merge_tensor(name, deltas, weights, params)
+        from taskvec.weights.core_space import CoreSpace
+
+        cs = CoreSpace.of(low_rank_inputs(deltas) or [])
+        return cs.delta(self.merge_core(name, cs, deltas, weights, params))[0]
 
     def merge(self, vectors: Sequence[TaskVector], weights: Sequence[float] | None = None, *, force: bool = False, **params: Any) -> TaskVector:
         """Merge in memory; see ``taskvec.weights.merge.merge`` (same code path as files)."""

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from taskvec.weights.lowrank import Delta
-from taskvec.weights.merge.base import MergeMethod, Param
+from taskvec.weights.merge.base import SPACE_ELEMENTWISE, MergeMethod, Param
 from taskvec.weights.merge.kernels import (
     blockwise,
     flat,
@@ -51,7 +51,7 @@ def breadcrumb_mask(x: torch.Tensor, density: float, gamma: float) -> torch.Tens
 class Breadcrumbs(MergeMethod):
     name = "breadcrumbs"
     summary = "drop the largest gamma and the smallest (1-gamma-density) per task, then sum"
-    params = (DENSITY, GAMMA, LAMBDA, NORMALIZE_SUM)
+    params = (DENSITY, GAMMA, LAMBDA, NORMALIZE_SUM, SPACE_ELEMENTWISE)
 
     def check_params(self, params: dict[str, Any], n: int) -> list[str]:
         return [

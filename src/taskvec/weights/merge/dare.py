@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from taskvec.weights.lowrank import Delta
-from taskvec.weights.merge.base import MergeMethod, Param
+from taskvec.weights.merge.base import SPACE_ELEMENTWISE, MergeMethod, Param
 from taskvec.weights.merge.kernels import blockwise, dare_keep_block, flat, linear_block, present
 from taskvec.weights.merge.task_arithmetic import LAMBDA, NORMALIZE_SUM, coefficients
 from taskvec.weights.merge.ties import NORMALIZE_MEAN, merge_signs
@@ -59,7 +59,7 @@ class _Dare(MergeMethod):
 class DareLinear(_Dare):
     name = "dare_linear"
     summary = "random drop with prob p, rescale by 1/(1-p), then task arithmetic"
-    params = (P, DENSITY, SEED, RESCALE, LAMBDA, NORMALIZE_SUM)
+    params = (P, DENSITY, SEED, RESCALE, LAMBDA, NORMALIZE_SUM, SPACE_ELEMENTWISE)
 
     def merge_tensor(self, name: str, deltas: list[Delta | None], weights: list[float], params: dict[str, Any]) -> Delta | None:
         idx = present(deltas)
@@ -77,7 +77,7 @@ class DareLinear(_Dare):
 class DareTies(_Dare):
     name = "dare_ties"
     summary = "random drop with prob p, rescale by 1/(1-p), then TIES sign election + disjoint mean"
-    params = (P, DENSITY, SEED, RESCALE, LAMBDA, NORMALIZE_MEAN)
+    params = (P, DENSITY, SEED, RESCALE, LAMBDA, NORMALIZE_MEAN, SPACE_ELEMENTWISE)
 
     def merge_tensor(self, name: str, deltas: list[Delta | None], weights: list[float], params: dict[str, Any]) -> Delta | None:
         idx = present(deltas)

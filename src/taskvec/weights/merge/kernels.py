@@ -164,7 +164,7 @@ def svd_of(delta: Delta) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         Qa, Ra = torch.linalg.qr(delta.A.float().T)  # (in, r), (r, r)
         Uc, S, Vch = torch.linalg.svd(Rb @ Ra.T, full_matrices=False)  # (r, r), (r,), (r, r)
         return Qb @ Uc, S, Vch @ Qa.T
-    return torch.linalg.svd(delta.float(), full_matrices=False)
+    return torch.linalg.svd(delta if delta.dtype == torch.float64 else delta.float(), full_matrices=False)
 
 
 def numerical_rank(S: torch.Tensor, shape: Sequence[int]) -> int:

@@ -13,9 +13,10 @@ from taskvec.weights.merge.base import MergeMethod
 
 def _method_objects() -> list[MergeMethod]:
     """Every merge method object, from its own module."""
-    from taskvec.weights.merge import breadcrumbs, dare, task_arithmetic, ties, tsv
+    from taskvec.weights.merge import breadcrumbs, dare, iso_c, iso_cts, task_arithmetic, ties, tsv
 
-    return [task_arithmetic.METHOD, ties.METHOD, dare.LINEAR, dare.TIES, tsv.METHOD, breadcrumbs.METHOD]
+    return [task_arithmetic.METHOD, ties.METHOD, dare.LINEAR, dare.TIES, tsv.METHOD, breadcrumbs.METHOD,
+            iso_c.METHOD, iso_cts.METHOD]
 
 
 #: extra names for registered methods

@@ -6,6 +6,7 @@ each task's ``scale * w_i * lambda`` folded into its block of ``B``; otherwise d
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -52,7 +53,12 @@ class TaskArithmetic(MergeMethod):
     name = "task_arithmetic"
     summary = "lambda * sum_i w_i tau_i (exact low-rank when all inputs are low-rank)"
     params = (LAMBDA, NORMALIZE_SUM)
-    preserves_low_rank = True
+
+    def output_rank(self, name: str, ranks: Sequence[int | None], shape: Sequence[int], params: Mapping[str, Any]) -> int | None:
+        """Stacked factors: exactly the sum of the input ranks when every input is low-rank."""
+        if not ranks or any(r is None for r in ranks):
+            return None
+        return sum(r or 0 for r in ranks)
 
     def merge_tensor(self, name: str, deltas: list[Delta | None], weights: list[float], params: dict[str, Any]) -> Delta | None:
         return linear_merge(deltas, weights, params)

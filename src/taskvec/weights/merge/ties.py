@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from taskvec.weights.lowrank import Delta
-from taskvec.weights.merge.base import MergeMethod, Param
+from taskvec.weights.merge.base import SPACE_ELEMENTWISE, MergeMethod, Param
 from taskvec.weights.merge.kernels import (
     blocks,
     blockwise,
@@ -80,7 +80,13 @@ def merge_signs(get: Callable[[int, int, slice], torch.Tensor], weights: list[fl
 class Ties(MergeMethod):
     name = "ties"
     summary = "trim to top-density magnitudes, elect signs, disjoint mean (TIES-Merging)"
-    params = (DENSITY, LAMBDA, TRIM, NORMALIZE_MEAN)
+    params = (DENSITY, LAMBDA, TRIM, NORMALIZE_MEAN, SPACE_ELEMENTWISE)
+
+    def check_params(self, params: dict[str, Any], n: int) -> list[str]:
+        if params.get("trim") == "global" and params.get("space") == "core":
+            return ['trim "global" thresholds the dense entries of the whole vector; with space "core" '
+                    'use trim "tensor" (each core is trimmed on its own)']
+        return []
 
     def prepare(self, sources: Sequence[VectorSource], weights: list[float], params: dict[str, Any]) -> dict[str, Any]:
         if params.get("trim") == "global":
