@@ -14,6 +14,7 @@ import torch
 
 from taskvec.errors import FileFormatError, MissingFileError, UserInputError
 from taskvec.io_utils import atomic_dir
+from taskvec.weights.core_space import compress
 from taskvec.weights.lowrank import LowRankDelta, dense_of, svd_low_rank
 from taskvec.weights.vector import TaskVector
 
@@ -93,7 +94,8 @@ def export_peft(
     fan_in_fan_out: bool = False,
     overwrite: bool = False,
 ) -> Path:
-    """Write a PEFT LoRA adapter: exact for low-rank deltas, SVD-truncated to ``rank`` for dense.
+    """Write a PEFT LoRA adapter: exact for low-rank deltas, SVD-truncated to ``rank`` for dense
+    ones (and for low-rank ones of a higher rank, through their factors).
 
     Each module gets its own rank (``rank_pattern``) and ``alpha = r`` (scale 1); the vector's
     scale is folded into B. Only 2-D weight deltas can be exported.
@@ -108,8 +110,8 @@ def export_peft(
                 f'"{name}" is not a 2-D weight delta; a LoRA adapter cannot hold it. '
                 "Use `taskvec apply` to write a full model instead."
             )
-        if isinstance(d, LowRankDelta) and (rank is None or d.rank <= rank):
-            lr = d
+        if isinstance(d, LowRankDelta):  # never densified: an SVD through the factors if cut
+            lr = d if rank is None or d.rank <= rank else compress(d, rank=rank)[0]
         else:
             if rank is None:
                 raise UserInputError("the vector has dense deltas: pass --rank R for an SVD-truncated adapter.")
