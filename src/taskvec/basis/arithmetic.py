@@ -67,9 +67,20 @@ def _combine(basis: Basis, a: torch.Tensor, mean_w: float, progress: bool, desc:
 
 
 def _result(basis: Basis, deltas: dict[str, torch.Tensor], task: str, **extra: Any) -> TaskVector:
+    """The combined tensors as a vector: dense, or low-rank over the span of a core-space basis."""
     meta = {k: basis.metadata.get(k) for k in ("base_model", "base_fingerprint") if basis.metadata.get(k)}
     meta |= {"storage": "dense", "task": task, "source": f"basis:{basis.path.name}", "basis_method": basis.method}
+    if basis.space == "core":
+        from taskvec.basis.core_basis import to_low_rank
+
+        return TaskVector(dict(to_low_rank(basis, deltas)), meta | extra | {"storage": "low-rank"})
     return TaskVector(deltas, meta | extra)
+
+
+def recover_cores(basis: Basis, task: str | int) -> dict[str, torch.Tensor]:
+    """The combined tensors of one task's reconstruction (cores for a core-space basis)."""
+    i = basis.task_index(task)
+    return _combine(basis, basis.coefficients[:, i, :], 1.0, False, "recover")
 
 
 def recover(basis: Basis, task: str | int, progress: bool = False) -> TaskVector:
@@ -212,6 +223,21 @@ def measured_errors(basis: Basis, vectors: Sequence[Any], progress: bool = False
     return _relative(err2, norm2, basis.stats_groups)
 
 
+def _with_span_error(basis: Basis, in_span: list[float | None]) -> list[float | None]:
+    """Total relative errors of a core-space basis: span share and in-span share add in squares
+    (the in-span error is relative to the projected norm, ``(1 - span_error^2)`` of the full one)."""
+    if "total_error" in basis.span:  # computed exactly at build time
+        return [float(x) for x in basis.span["total_error"]]
+    out: list[float | None] = []
+    for e_in, e_span in zip(in_span, basis.span.get("span_error", [])):
+        if e_in is None:
+            out.append(None)
+            continue
+        kept = 1.0 - e_span**2
+        out.append(math.sqrt(max(0.0, e_span**2 + e_in**2 * kept)))
+    return out
+
+
 def info(basis: Basis, vectors: Sequence[Any] | None = None, progress: bool = False,
          chunk_elems: int | None = None) -> dict[str, Any]:
     """Storage (basis file vs the collection) and reconstruction errors per task and per layer."""
@@ -248,7 +274,14 @@ def info(basis: Basis, vectors: Sequence[Any] | None = None, progress: bool = Fa
         "per_layer_rel_error": {lk: dict(zip(basis.tasks, v)) for lk, v in est_layers.items()},
     }
     meas_total: list[float | None] | None = None
-    if vectors:
+    if basis.space == "core":  # add the share of each task outside the stored span (exact)
+        est_total = _with_span_error(basis, est_total)
+        out["space"] = {"form": "core", "span_rank": basis.span.get("span_rank")}
+    if vectors and basis.space == "core":
+        from taskvec.basis.core_basis import measured_core_errors
+
+        meas_total = measured_core_errors(basis, vectors)
+    elif vectors:
         meas_total, meas_layers = measured_errors(basis, vectors, progress, chunk_elems or DEFAULT_CHUNK_ELEMS)
         out["per_layer_rel_error_measured"] = {lk: dict(zip(basis.tasks, v)) for lk, v in meas_layers.items()}
     for i, t in enumerate(basis.tasks):

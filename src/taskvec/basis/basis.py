@@ -13,6 +13,9 @@ File layout (all metadata values are strings; JSON where noted):
   autoencoder; ``random_mix`` (G, M, M) for random; ``stats::gram`` (L, T, T) per layer group, and
   for random ``stats::rr`` (L, M, M), ``stats::rx`` (L, M, T); float32 ``mean::NAME`` (pca) and
   ``basis::m::NAME`` (every method but random, which regenerates its basis from ``seed``).
+* core-space bases of LoRA collections (``space="core"``, ``basis.core_basis``): every
+  ``NAME`` above is a (k, k) core; float32 ``span_U::NAME`` (out, k) and ``span_V::NAME``
+  (in, k) hold the span, and ``span`` (JSON) the true shapes, span ranks and span errors.
 """
 
 from __future__ import annotations
@@ -66,6 +69,8 @@ class Basis:
         self.stats_gram = small["stats::gram"]
         self.stats_rr = small.get("stats::rr")
         self.stats_rx = small.get("stats::rx")
+        self.space: str = meta.get("space", "dense")  # "core": atoms are cores over span_U/span_V
+        self.span: dict[str, Any] = meta.get("span") or {}
         self._gidx = {g: i for i, g in enumerate(self.groups)}
         from taskvec.basis.registry import get_method
 
@@ -108,6 +113,13 @@ class Basis:
             if not method.random_projection:
                 for m in range(M):
                     want[f"basis::{m}::{name}"] = shape
+        if meta.get("space", "dense") == "core":
+            true = {str(n): tuple(int(x) for x in s) for n, s in (meta.get("span") or {}).get("true_shapes", [])}
+            for name, shape in meta["tensor_shapes"].items():
+                if name not in true or len(shape) != 2:
+                    raise _fail(path, f'core-space tensor "{name}" has no true shape')
+                want[f"span_U::{name}"] = (true[name][0], shape[0])
+                want[f"span_V::{name}"] = (true[name][1], shape[1])
         have = reader.specs
         for key, shape in want.items():
             spec = have.get(key)
@@ -132,6 +144,8 @@ class Basis:
     # -- lookups ----------------------------------------------------------------------------
     @property
     def form(self) -> str:
+        if self.space == "core":
+            return "core space (low-rank)"
         return "seeded random (no basis tensors)" if self.random_projection else "dense"
 
     @property
@@ -243,6 +257,7 @@ def _parse_meta(raw: dict[str, str]) -> dict[str, Any]:
         "options": js("options", {}),
         "fit_info": js("fit_info", []),
         "collection": js("collection", {}),
+        "span": js("span", None),
     }
     if len(set(meta["tasks"])) != len(meta["tasks"]):
         raise ValueError("duplicate task names")

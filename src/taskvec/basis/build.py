@@ -75,6 +75,8 @@ def build_basis(
     options: dict[str, Any] | None = None,
     chunk_elems: int = DEFAULT_CHUNK_ELEMS,
     progress: bool = False,
+    extra_tensors: dict[str, torch.Tensor] | None = None,
+    extra_meta: dict[str, Any] | None = None,
 ) -> Basis | None:
     """Build a basis of ``m`` vectors (default T // 2) from task vector files (or ``TaskVector``s).
 
@@ -82,6 +84,8 @@ def build_basis(
     per decoder layer group; ``options``: method options (autoencoder: tau, steps, lr, refit).
     Writes ``out`` atomically and returns the loaded ``Basis``; under ``torchrun`` only rank 0
     does, the other ranks (which share the Gram pass) write nothing and return None.
+    ``extra_tensors`` (float32) and ``extra_meta`` are written into the file as given (the
+    core-space basis stores its span factors and span errors so, ``basis.core_basis``).
     """
     from taskvec import dist
 
@@ -120,6 +124,8 @@ def build_basis(
             small["stats::rr"] = torch.stack([layer_stats[k].rr for k in lkeys])  # type: ignore[misc]
             small["stats::rx"] = torch.stack([layer_stats[k].rx for k in lkeys])  # type: ignore[misc]
         specs = [TensorSpec(k, "F64", tuple(v.shape)) for k, v in small.items()]
+        extra = {k: v.float().contiguous() for k, v in (extra_tensors or {}).items()}
+        specs += [TensorSpec(k, "F32", tuple(v.shape)) for k, v in extra.items()]
         for name in vs.names:
             shape = vs.shapes[name]
             if meth.centered:
@@ -145,11 +151,11 @@ def build_basis(
             },
             "base_model": base_model,
             "base_fingerprint": base_fp,
-        })
+        } | dict(extra_meta or {}))
 
         with atomic_path(out) as tmp:
             with PositionalSafetensorsWriter(tmp, specs, encode_metadata(meta)) as w:
-                for k, v in small.items():
+                for k, v in (small | extra).items():
                     w.write(k, v)
                 if not meth.random_projection:
                     _write_basis_tensors(w, vs, groups, small["mix"], per_layer, meth.centered, chunk_elems, progress)

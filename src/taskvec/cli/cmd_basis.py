@@ -11,6 +11,7 @@ from typing import Any
 
 from taskvec.cli.options import add_json, add_progress, new_command, parse_params, show_progress
 from taskvec.cli.output import print_json, print_table
+from taskvec.errors import UserInputError
 
 _METHODS = ("pca", "autoencoder", "random", "random_sample")
 
@@ -36,6 +37,11 @@ def register(sub: Any) -> None:
     b.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="another method option, repeatable, e.g. refit=false, weight_decay=1e-6, "
                         "loss_norm=t2 (autoencoder: the uiuctml/TaskVectorBasis options, docs/bases.md)")
+    b.add_argument("--space", default="auto", choices=("auto", "core", "dense"),
+                   help="core: atoms as small cores over the LoRA collection's shared span (smaller than "
+                        "the LoRA files); dense: dense atoms; auto (default): core when every input is LoRA")
+    b.add_argument("--span-rank", type=int, default=None, metavar="K",
+                   help="core space: rank of the stored span per module (default M x the inputs' mean rank)")
     b.add_argument("--chunk-elems", type=int, default=None,
                    help="elements per row block and task (default 1048576; 0 = whole tensors)")
     add_json(b)
@@ -97,6 +103,17 @@ def _option_value(text: str) -> Any:
     return text
 
 
+def _core_space(args: argparse.Namespace) -> bool:
+    """Whether to build in core space: asked for, or ``auto`` with every input a LoRA vector."""
+    if args.space == "dense":
+        return False
+    from taskvec.basis.core_basis import all_low_rank
+
+    if args.space == "core":
+        return True
+    return all_low_rank(args.vectors)
+
+
 def run_build(args: argparse.Namespace) -> int:
     from taskvec.basis import build_basis
     from taskvec.basis.gram import DEFAULT_CHUNK_ELEMS
@@ -105,8 +122,17 @@ def run_build(args: argparse.Namespace) -> int:
     opts |= {k: v for k, v in {"tau": args.tau, "steps": args.steps, "lr": args.lr}.items() if v is not None}
     chunk = DEFAULT_CHUNK_ELEMS if args.chunk_elems is None else args.chunk_elems
     with _warnings_to_stderr():
-        basis = build_basis(args.vectors, args.out, method=args.method, m=args.m, per_layer=args.per_layer,
-                            seed=args.seed, options=opts or None, chunk_elems=chunk, progress=show_progress(args))
+        if _core_space(args):
+            from taskvec.basis.core_basis import build_core_basis
+
+            basis = build_core_basis(args.vectors, args.out, method=args.method, m=args.m, per_layer=args.per_layer,
+                                     seed=args.seed, options=opts or None, span_rank=args.span_rank,
+                                     progress=show_progress(args))
+        else:
+            if args.span_rank is not None:
+                raise UserInputError("--span-rank applies to core-space bases: add --space core (LoRA inputs).")
+            basis = build_basis(args.vectors, args.out, method=args.method, m=args.m, per_layer=args.per_layer,
+                                seed=args.seed, options=opts or None, chunk_elems=chunk, progress=show_progress(args))
         if basis is None:  # under torchrun: a rank other than 0 (it shared the Gram pass, rank 0 writes)
             return 0
         inf = basis.info()
@@ -126,6 +152,11 @@ def _print_summary(inf: dict[str, Any]) -> None:
     print(f"storage: basis {_mb(st['basis_bytes'])} vs collection {_mb(st.get('collection_bytes'))} "
           f"as stored ({'' if ratio is None else f'{ratio:.2f}x'}), {_mb(st.get('collection_dense_bytes'))} "
           "as dense float32")
+    space = inf.get("space")
+    if space:
+        ranks = sorted({k for ku_kv in (space.get("span_rank") or {}).values() for k in ku_kv})
+        print(f"space: core (low-rank atoms over a shared span of rank {', '.join(map(str, ranks))} per module; "
+              "errors include what lies outside the span)")
     fit = inf.get("fit") or {}
     if isinstance(fit, dict) and "loss_final" in fit:
         print(f"autoencoder loss (unreconstructed fraction): {fit['loss_initial']:.4g} -> {fit['loss_final']:.4g}")
