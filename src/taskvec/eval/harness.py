@@ -36,11 +36,14 @@ class EvalResult:
     exact_match: float | None = None
     predictions: list[Any] = field(default_factory=list)
     seconds: float = 0.0
+    #: per example, in order: whether the prediction was right (for paired tests)
+    correct: list[bool] = field(default_factory=list)
 
     def to_dict(self, predictions: bool = False) -> dict[str, Any]:
         d = asdict(self)
         if not predictions:
             d.pop("predictions")
+            d.pop("correct")
         return d
 
 
@@ -154,6 +157,7 @@ def _classification_result(task: Any, examples: Sequence[dict], scores: torch.Te
         accuracy=float((pred == gold).float().mean()),
         per_class=per_class,
         predictions=[labels[i] for i in pred.tolist()],
+        correct=(pred == gold).tolist(),
     )
 
 
@@ -185,6 +189,7 @@ def _generation_result(
         metric="first_token_accuracy",
         accuracy=float((pred == targets).float().mean()),
         predictions=[tok.decode([int(t)]) for t in pred],
+        correct=(pred == targets).tolist(),
     )
     if exact_match:
         max_new = max(len(tok(task.answer(ex), add_special_tokens=False)["input_ids"]) for ex in examples)
