@@ -121,3 +121,32 @@ def test_cli_basis_build_picks_core_space_for_lora_and_refuses_dense_inputs(tmp_
     assert "use --space dense" in capsys.readouterr().err
     assert main(["basis", "build", *paths, "--out", str(tmp_path / "y.safetensors"), "--space", "dense",
                  "--span-rank", "4"]) == 2
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_basis_sum_is_the_sum_of_the_source_style_basis_vectors(tmp_path, method):
+    """uiuctml/TaskVectorBasis adds tasks as the sum of its M basis vectors (PCA: U_m S_m)."""
+    from taskvec.basis.pca import centred_gram
+
+    paths = collection(tmp_path, seed=5)
+    vs = [TaskVector.load(p) for p in paths]
+    b = build_basis(paths, tmp_path / "d.safetensors", method=method, m=3, options=options(method))
+    got = b.basis_sum()
+    name = vs[0].names[0]
+    if method == "pca":  # reference: centred SVD, variance-scaled components, LAPACK's signs
+        V = torch.stack([torch.cat([v[n].to_dense().reshape(-1) for n in v.names]) for v in vs], 1).double()
+        evals, evecs = torch.linalg.eigh(centred_gram(V.T @ V))
+        U = evecs.flip(1)[:, :3]  # (T, M)
+        Vc = V - V.mean(1, keepdim=True)
+        want = (Vc @ U).sum(1)[: vs[0][name].to_dense().numel()].reshape(vs[0][name].shape)
+        assert rel(got[name], want) < 1e-4
+    elif method == "random_sample":
+        want = sum(vs[i][name].to_dense() for i in b.selected or [])
+        assert rel(got[name], want) < 1e-5
+    else:  # the atoms themselves, summed
+        with b.reader:
+            atoms = b.basis_rows(name).sum(1).reshape(vs[0][name].shape) if not b.random_projection else None
+        if atoms is not None:
+            assert rel(got[name], atoms) < 1e-5
+        else:
+            assert got[name].shape == vs[0][name].shape and float(got[name].norm()) > 0

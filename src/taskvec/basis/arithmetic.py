@@ -145,14 +145,35 @@ def addition(basis: Basis, weights: float | Sequence[float] | dict[str, float] |
     return _result(basis, deltas, label, merge="basis addition")
 
 
+def basis_sum(basis: Basis, progress: bool = False) -> TaskVector:
+    """uiuctml/TaskVectorBasis's task addition: the sum of the M basis vectors, no mean.
+
+    The source merges ``sum_m s_m`` and searches one coefficient for it. Its basis vectors are
+    those taskvec stores except for PCA, whose source atoms are variance-scaled (``U_m S_m``,
+    taskvec stores unit ``U_m``): that scale is applied here. PCA atoms carry the arbitrary
+    signs of eigenvectors, so this sum depends on them (as in the source); ``addition`` is the
+    sum of the reconstructed task vectors, which does not.
+    """
+    if basis.method == "pca":
+        assert basis.singular_values is not None
+        a = basis.singular_values.clone()  # (G, M): U_m S_m
+    else:
+        a = torch.ones(len(basis.groups), basis.M, dtype=torch.float64)
+    deltas = _combine(basis, a, 0.0, progress, "basis sum")  # random: a weighs the orthonormal Q
+    return _result(basis, deltas, f"sum of the {basis.M} {basis.method} basis vectors", merge="basis sum (source addition)")
+
+
 # -- reconstruction errors ------------------------------------------------------------------
 def _basis_group_of_layer(basis: Basis, lk: str) -> int:
     return basis.groups.index(lk if basis.per_layer else "all")
 
 
 def estimated_errors(basis: Basis) -> tuple[list[float | None], dict[str, list[float | None]]]:
-    """Relative L2 reconstruction error per task, and per layer group, from the stored Grams."""
+    """Relative L2 reconstruction error per task, and per layer group, from the stored Grams
+    (None for an imported basis, which has none: measure it with ``vectors``)."""
     T = basis.T
+    if basis.stats_gram is None:
+        return [None] * T, {}
     err2 = torch.zeros(len(basis.stats_groups), T, dtype=torch.float64)
     norm2 = torch.zeros_like(err2)
     eye = torch.eye(T, dtype=torch.float64)

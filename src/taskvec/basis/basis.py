@@ -66,7 +66,7 @@ class Basis:
         self.random_mix = small.get("random_mix")
         self.singular_values = small.get("singular_values")
         self.logits = small.get("ae_logits")
-        self.stats_gram = small["stats::gram"]
+        self.stats_gram = small.get("stats::gram")  # None for imported bases
         self.stats_rr = small.get("stats::rr")
         self.stats_rx = small.get("stats::rx")
         self.space: str = meta.get("space", "dense")  # "core": atoms are cores over span_U/span_V
@@ -95,7 +95,9 @@ class Basis:
         T, M, G, L = meta["T"], meta["M"], len(meta["groups"]), len(meta["stats_groups"])
         if len(meta["tasks"]) != T or T < 1 or M < 1 or G < 1 or L < 1:
             raise _fail(path, "inconsistent T, M, tasks or groups")
-        want = {"coefficients": (G, T, M), "stats::gram": (L, T, T)}
+        want = {"coefficients": (G, T, M)}
+        if not meta.get("imported"):  # imported bases (basis.source_import) have no Gram
+            want["stats::gram"] = (L, T, T)
         if method.random_projection:
             want |= {"random_mix": (G, M, M), "stats::rr": (L, M, M), "stats::rx": (L, M, T)}
         else:
@@ -205,6 +207,13 @@ class Basis:
 
         return addition(self, weights, progress=progress)
 
+    def basis_sum(self, progress: bool = False) -> TaskVector:
+        """The sum of the M basis vectors: uiuctml/TaskVectorBasis's task addition (see
+        ``taskvec.basis.arithmetic.basis_sum``); :meth:`addition` sums the recovered tasks."""
+        from taskvec.basis.arithmetic import basis_sum
+
+        return basis_sum(self, progress=progress)
+
     def negation(self, task: str | int, progress: bool = False) -> TaskVector:
         """``-recover(task)``; refused for a task the basis cannot reconstruct exactly by design."""
         from taskvec.basis.arithmetic import negation
@@ -258,6 +267,7 @@ def _parse_meta(raw: dict[str, str]) -> dict[str, Any]:
         "fit_info": js("fit_info", []),
         "collection": js("collection", {}),
         "span": js("span", None),
+        "imported": js("imported", None),
     }
     if len(set(meta["tasks"])) != len(meta["tasks"]):
         raise ValueError("duplicate task names")

@@ -57,6 +57,14 @@ def register(sub: Any) -> None:
     add_progress(i)
     i.set_defaults(func=run_info)
 
+    im = new_command(bsub, "import", "convert a uiuctml/TaskVectorBasis run directory into a basis file")
+    im.add_argument("run_dir", help="the source's _basis_runs/<run> directory (method_info.json, basis_vectors.pt, ...)")
+    im.add_argument("--out", required=True, help="output basis file (.safetensors)")
+    im.add_argument("--tasks", default=None, help="task names in the source's order (default: its datasets)")
+    add_json(im)
+    add_progress(im)
+    im.set_defaults(func=run_import)
+
     r = new_command(bsub, "recover", "write one task's vector reconstructed from the basis")
     r.add_argument("basis", help="basis file")
     r.add_argument("--task", required=True, help="task name (or index)")
@@ -101,6 +109,21 @@ def _option_value(text: str) -> Any:
         except ValueError:
             pass
     return text
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from taskvec.basis.source_import import import_source_basis
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    basis = import_source_basis(args.run_dir, args.out, tasks)
+    inf = basis.info()
+    if args.json:
+        print_json({"out": str(basis.path)} | inf)
+        return 0
+    print(f"imported {basis.metadata['imported']['method']} run {args.run_dir} as a {basis.method} basis "
+          f"(M={basis.M}, T={basis.T}): {basis.path}")
+    print("errors: not stored by the source; measure them with `taskvec basis info BASIS --vectors ...`")
+    return 0
 
 
 def _core_space(args: argparse.Namespace) -> bool:
