@@ -464,3 +464,22 @@ def test_cli_wrong_file_kinds(tiny_dir, tmp_path, capsys) -> None:
         assert code == 2 and msg in err and len(err.strip().splitlines()) == 1, (argv, err)
     code, text, err = run(capsys, "soft", "show", soft_path)
     assert code == 0 and "soft task vector" in text
+
+
+def test_extractor_wraps_means_training_applying_evaluating_saving(tmp_path, antonym) -> None:
+    """jacknewsom/task_vectors: one TaskVectorExtractor object does the common operations."""
+    model, tok = _tiny("llama")
+    ex = TaskVectorExtractor(model, tok, antonym, steps=2, **SMALL)
+    with pytest.raises(UserInputError, match="call .train"):
+        _ = ex.vector
+    means = ex.compute_means()
+    sv = ex.train(means=means)
+    assert ex.vector is sv and torch.equal(sv.head_means, means.means.float())
+    res = ex.evaluate(split="validation", limit=6)
+    with ex.apply():  # the same vector through its intervention, evaluated by hand
+        from taskvec.eval import evaluate
+
+        want = evaluate(model, tok, antonym, split="validation", limit=6, batch_size=16)
+    assert res.n == 6 and res.accuracy == want.accuracy and res.correct == want.correct
+    back = load_soft(ex.save(tmp_path / "soft.safetensors"))
+    assert torch.equal(back.coefficients, sv.coefficients)

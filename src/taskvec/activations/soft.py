@@ -437,7 +437,33 @@ class TaskVectorExtractor:
             "best_step": best_step,
             "extra": extra,
         }
-        return SoftTaskVector(best_t.cpu(), mean_t.cpu(), meta)
+        self.result = SoftTaskVector(best_t.cpu(), mean_t.cpu(), meta)
+        return self.result
+
+    # ------------------------------------------- the trained vector (jacknewsom's one object)
+
+    @property
+    def vector(self) -> SoftTaskVector:
+        """The soft task vector of the last :meth:`train`."""
+        if getattr(self, "result", None) is None:
+            raise UserInputError("this extractor has not been trained: call .train() first.")
+        return self.result
+
+    def apply(self, positions: str | None = None) -> Any:
+        """The trained vector as an ``Intervention`` on this model (``with ex.apply(): ...``)."""
+        return self.vector.intervention(self.model, positions)
+
+    def evaluate(self, split: str = "test", limit: int | None = None, batch_size: int = 16) -> Any:
+        """Accuracy of the model with the trained vector on ``split`` (an ``EvalResult``)."""
+        from taskvec.activations.evaluation import accuracy, load_examples
+
+        examples = load_examples(self.task, split, limit)
+        return accuracy(self.model, self.tok, self.task, examples, self.apply(), batch_size=batch_size,
+                        split=split, progress=self.progress)
+
+    def save(self, path: Any) -> Any:
+        """Write the trained vector (``taskvec soft`` file); returns its path."""
+        return self.vector.save(path)
 
 
 def train_soft_vector(
