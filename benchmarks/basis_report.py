@@ -51,12 +51,12 @@ def parse_ms(spec: str, t: int) -> list[int]:
 
 
 def addition_eval(model: Any, tok: Any, vector: Any, tasks: list[Any], denominators: dict[str, float],
-                  coll: dict[str, Any], args: argparse.Namespace, progress: bool) -> dict[str, Any]:
+                  coll: dict[str, Any], args: argparse.Namespace, progress: bool, grid: str | None = None) -> dict[str, Any]:
     """Search lambda for ``lambda * vector`` on the held-out slices, then evaluate every task."""
     from taskvec.eval import evaluate
     from taskvec.weights.search import applied, search_coefficients
 
-    res = search_coefficients(model, tok, [vector], tasks, method="task_arithmetic", grid=args.grid,
+    res = search_coefficients(model, tok, [vector], tasks, method="task_arithmetic", grid=grid or args.grid,
                               limit=args.search_limit, holdout=coll["holdout"]["n"], seed=coll["holdout"]["seed"],
                               batch_size=args.batch_size, progress=progress)
     lam = res.best.lam
@@ -124,6 +124,9 @@ def run_one(model: Any, tok: Any, method: str, m: int, files: list[Path], tasks:
                            "storage": info["storage"], "rel_error": {r["task"]: r["rel_error"] for r in info["tasks"]},
                            "in_basis": {r["task"]: r["in_basis"] for r in info["tasks"]}, "fit": info["fit"]}
     row["addition"] = addition_eval(model, tok, b.addition(1.0), tasks, denominators, coll, args, progress)
+    if args.source_grid != "none":  # uiuctml/TaskVectorBasis's addition: the sum of the M basis vectors
+        row["source_addition"] = addition_eval(model, tok, b.basis_sum(), tasks, denominators, coll, args,
+                                               progress, grid=args.source_grid)
     if do_negate:
         target = args.negate.partition(":")[0]
         try:
@@ -169,6 +172,17 @@ def markdown(report: dict[str, Any]) -> str:
             f"{_pct(st.get('basis_vs_collection'))} | "
             f"{(sum(vals) / len(vals)) if vals else float('nan'):.3f} | {max(vals) if vals else float('nan'):.3f} | "
             f"{add['lambda']:g} | {_acc(add['mean_accuracy'])} | {_pct(add['mean_normalized'])} | {_pct(kept)} |")
+    src = [r for r in report["rows"] if "source_addition" in r]
+    if src:
+        lines += ["", "Addition as uiuctml/TaskVectorBasis defines it: lambda x (the sum of the M basis vectors; "
+                  "PCA: variance-scaled, no mean), lambda chosen on the held-out slices (grid "
+                  f"{s.get('source_grid')}), next to taskvec's (the sum of the T recovered tasks):", "",
+                  "| method | M | source: lambda | source: acc. | source: normalized | taskvec: acc. | taskvec: normalized |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in src:
+            a, t = r["source_addition"], r["addition"]
+            lines.append(f"| {r['method']} | {r['M']} | {a['lambda']:g} | {_acc(a['mean_accuracy'])} | "
+                         f"{_pct(a['mean_normalized'])} | {_acc(t['mean_accuracy'])} | {_pct(t['mean_normalized'])} |")
     lines += ["", "Relative L2 reconstruction error per task, ||v - v_hat|| / ||v|| (from the stored Gram matrices):",
               "", "| method | M | " + " | ".join(tasks) + " |", "|---|---|" + "---|" * len(tasks)]
     for r in report["rows"]:
@@ -210,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-limit", type=int, default=100)
     p.add_argument("--negate", default="sst2:ag_news", help="TARGET:CONTROL or 'none'")
     p.add_argument("--negate-grid", default="0.1:0.5:0.1")
+    p.add_argument("--source-grid", default="0.1,0.2,0.3,0.5,0.7,1.0",
+                   help="lambda grid for the source's addition (sum of the M basis vectors), or 'none'")
     p.add_argument("--negate-ms", default="half", help="the M values whose bases get the negation ('all' or a --ms list)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16)
@@ -234,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     neg_ms = ms if args.negate_ms == "all" else parse_ms(args.negate_ms, len(names))
     do_neg = args.negate != "none"
     settings = {"eval_limit": args.eval_limit, "search_limit": args.search_limit, "grid": args.grid,
+                "source_grid": args.source_grid,
                 "negate": args.negate, "negate_grid": args.negate_grid, "seed": args.seed,
                 "holdout": coll["holdout"], "collection_recipe": coll["recipe"]}
     try:
