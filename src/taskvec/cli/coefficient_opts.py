@@ -19,7 +19,7 @@ DEFAULT_NEG_GRID = "0.1:2.0:0.1"
 
 
 def add_selection(p: argparse.ArgumentParser, grid: str) -> None:
-    from taskvec.weights.search import DEFAULT_HOLDOUT
+    from taskvec.defaults import DEFAULT_HOLDOUT
 
     p.add_argument("--grid", default=grid, help=f"coefficients: start:stop:step (stop included) or a,b,c (default {grid})")
     p.add_argument("--limit", type=int, default=None, help="at most N search examples per task")

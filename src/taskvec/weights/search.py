@@ -30,12 +30,12 @@ from typing import Any
 
 import torch
 
+from taskvec.defaults import DEFAULT_HOLDOUT  # re-exported
 from taskvec.errors import UserInputError
 from taskvec.weights.vector import TaskVector
 
 SEARCH_SPLIT = "search_holdout"
 FIT_SPLIT = "train_fit"
-DEFAULT_HOLDOUT = 200
 MAX_GRID = 1000
 
 #: ``scorer(model, tok, task, examples, split_label) -> accuracy``
