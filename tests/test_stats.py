@@ -33,3 +33,13 @@ def test_mcnemar_counts_discordant_pairs_only():
     assert mcnemar(a, a).p_value == 1.0 and not mcnemar(a, a).significant
     with pytest.raises(ValueError, match="same examples"):
         mcnemar(a, b[:-1])
+
+
+def test_eval_result_reports_its_wilson_interval():
+    from taskvec.eval.harness import EvalResult
+
+    r = EvalResult(task="t", split="s", n=10, shots=0, seed=0, metric="accuracy", accuracy=0.8,
+                   correct=[True] * 8 + [False] * 2)
+    lo, hi = r.ci95
+    assert (lo, hi) == wilson(8, 10) and r.to_dict()["ci95"] == [lo, hi] and "correct" not in r.to_dict()
+    assert EvalResult(task="t", split="s", n=3, shots=0, seed=0, metric="accuracy", accuracy=1.0).ci95 is None

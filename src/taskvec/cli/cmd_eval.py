@@ -61,10 +61,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if vec is not None:
         print(f"model: {args.model} + {vec.describe(args.vector)}")
+    ci = f"[{res.ci95[0]:.3f}, {res.ci95[1]:.3f}]" if res.ci95 else "-"
     print_table(
-        [[args.model, task.name, split, res.n, res.shots, res.metric, res.accuracy,
+        [[args.model, task.name, split, res.n, res.shots, res.metric, res.accuracy, ci,
           res.exact_match, f"{res.seconds:.1f}s"]],
-        ["model", "task", "split", "n", "shots", "metric", "accuracy", "exact", "time"],
+        ["model", "task", "split", "n", "shots", "metric", "accuracy", "95% CI (Wilson)", "exact", "time"],
     )
     if res.per_class:
         print()

@@ -39,8 +39,18 @@ class EvalResult:
     #: per example, in order: whether the prediction was right (for paired tests)
     correct: list[bool] = field(default_factory=list)
 
+    @property
+    def ci95(self) -> tuple[float, float] | None:
+        """Wilson 95% interval of the accuracy (None without per-example results)."""
+        from taskvec.eval.stats import wilson
+
+        if not self.correct or len(self.correct) != self.n:
+            return None
+        return wilson(sum(self.correct), self.n)
+
     def to_dict(self, predictions: bool = False) -> dict[str, Any]:
         d = asdict(self)
+        d["ci95"] = list(self.ci95) if self.ci95 else None
         if not predictions:
             d.pop("predictions")
             d.pop("correct")
