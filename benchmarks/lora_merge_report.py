@@ -27,18 +27,19 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from basis_report import denominators_for  # noqa: E402
 from build_collection import load_collection, read_json, write_json  # noqa: E402
 from child import taskvec_merge  # noqa: E402
 from machine import describe, machine_info  # noqa: E402
 
-SUM = "0.05,0.1,0.15,0.2,0.3"
-MEAN = "0.5,0.75,1.0,1.25,1.5"
-ISO = "0.1,0.2,0.4,0.7,1.0"
+SUM = "0.05,0.1,0.2,0.3"
+MEAN = "0.5,0.75,1.0,1.5"
+ISO = "0.1,0.2,0.4,0.8"
 #: name -> (method, params, lambda grid, dense counterpart's name or None)
 VARIANTS: dict[str, tuple[str, dict[str, str], str, str | None]] = {
     "task_arithmetic": ("task_arithmetic", {}, SUM, None),
-    "tsv (core)": ("tsv", {}, "0.4,0.6,0.8,1.0,1.2", "tsv (dense)"),
-    "tsv (dense)": ("tsv", {"space": "dense"}, "0.4,0.6,0.8,1.0,1.2", None),
+    "tsv (core)": ("tsv", {}, "0.4,0.6,0.8,1.0", "tsv (dense)"),
+    "tsv (dense)": ("tsv", {"space": "dense"}, "0.4,0.6,0.8,1.0", None),
     "iso_c (core)": ("iso_c", {}, ISO, None),
     "iso_cts (core)": ("iso_cts", {}, ISO, None),
     "ties (core)": ("ties", {"space": "core"}, MEAN, "ties (dense)"),
@@ -55,7 +56,8 @@ def slug(name: str) -> str:
 
 
 def run_variant(name: str, model: Any, tok: Any, vectors: list[Any], files: list[Path], tasks: list[Any],
-                coll: dict[str, Any], key: dict[str, Any], workdir: Path, progress: bool) -> dict[str, Any]:
+                coll: dict[str, Any], key: dict[str, Any], workdir: Path, progress: bool,
+                denominators: dict[str, float]) -> dict[str, Any]:
     from taskvec.eval import evaluate
     from taskvec.eval.stats import wilson
     from taskvec.weights.search import applied, merged_at, search_coefficients
@@ -71,7 +73,7 @@ def run_variant(name: str, model: Any, tok: Any, vectors: list[Any], files: list
         for t in tasks:
             r = evaluate(model, tok, t, limit=key["eval_limit"], batch_size=16, progress=progress)
             k = sum(r.correct)
-            ft = coll["tasks"][t.name]["finetuned_accuracy"]
+            ft = denominators[t.name]
             per_task[t.name] = {"accuracy": r.accuracy, "n": r.n, "ci95": wilson(k, r.n),
                                 "normalized": r.accuracy / ft if ft else None, "correct": r.correct}
     k = sum(sum(v["correct"]) for v in per_task.values())
@@ -82,6 +84,25 @@ def run_variant(name: str, model: Any, tok: Any, vectors: list[Any], files: list
            "eval_seconds": round(time.perf_counter() - t0, 1)}
     out["merge"] = taskvec_merge(method, params | {"lambda": res.best.lam}, files, workdir / f"{slug(name)}.safetensors")
     return out
+
+
+def same_vector(name: str, twin: dict[str, Any], vectors: list[Any], files: list[Path], workdir: Path) -> dict[str, Any]:
+    """An exact method's dense path at its core twin's lambda: the same vector (relative
+    Frobenius difference over all modules), so its accuracy is the twin's; size/time/RSS measured."""
+    from taskvec.weights.merge import merge_vectors
+
+    method, params, _, _ = VARIANTS[name]
+    lam = twin["lambda"]
+    core = merge_vectors(method, vectors, None, {"lambda": lam})
+    dense = merge_vectors(method, vectors, None, dict(params) | {"lambda": lam})
+    e2 = n2 = 0.0
+    for k in dense.names:
+        a, b = core[k].to_dense().double(), dense[k].double()
+        e2 += float((a - b).pow(2).sum())
+        n2 += float(b.pow(2).sum())
+    out = {k: v for k, v in twin.items() if k not in ("key", "merge")}
+    return out | {"same_as": "core twin", "rel_difference": (e2 / n2) ** 0.5,
+                  "merge": taskvec_merge(method, params | {"lambda": lam}, files, workdir / f"{slug(name)}.safetensors")}
 
 
 def bases(files: list[Path], workdir: Path, M: int) -> list[dict[str, Any]]:
@@ -117,7 +138,11 @@ def markdown(report: dict[str, Any]) -> str:
         mg, pl = v["merge"], v["pooled"]
         pair = "-"
         dense = VARIANTS[name][3]
-        if dense and dense in vs:
+        if "rel_difference" in v:
+            pair = f"same vector as its core twin (rel. difference {v['rel_difference']:.1e})"
+        elif dense and dense in vs and "rel_difference" in vs[dense]:
+            pair = "identical (exact method)"
+        elif dense and dense in vs:
             a = [c for t in v["tasks"].values() for c in t["correct"]]
             b = [c for t in vs[dense]["tasks"].values() for c in t["correct"]]
             test = mcnemar(a, b)
@@ -143,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--collection", required=True, type=Path)
     p.add_argument("--variants", default="all", help="comma-separated variant names, or all")
-    p.add_argument("--search-limit", type=int, default=40)
+    p.add_argument("--search-limit", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--eval-limit", type=int, default=None, help="eval examples per task (default: the collection's)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/collection/lora"))
     p.add_argument("--skip-bases", action="store_true")
@@ -171,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "machine": machine_info(), "tasks": tnames,
                               "collection": str(args.collection), "variants": {}}
     model = tok = None
+    denominators: dict[str, float] = {}
     vectors = [TaskVector.load(f) for f in files]
     tasks = [get_task(t) for t in tnames]
     for name in names:
@@ -184,11 +211,19 @@ def main(argv: list[str] | None = None) -> int:
             report["variants"][name] = old
             print(f"{name}: cached", file=sys.stderr)
             continue
+        twin = "tsv (core)" if name == "tsv (dense)" else None
+        if twin and twin in report["variants"]:  # exact method: same vector, no second evaluation
+            report["variants"][name] = same_vector(name, report["variants"][twin], vectors, files, work) | {"key": key}
+            write_json(path, report["variants"][name])
+            continue
         if model is None:
             model, tok = load_model(coll["model"])
+            den_args = argparse.Namespace(eval_limit=eval_limit, batch_size=args.batch_size)
+            denominators = denominators_for(model, tok, tasks, coll, args.collection, args.out, den_args,
+                                            not args.no_progress)
         print(f"{name}: searching lambda over {grid}", file=sys.stderr)
         report["variants"][name] = run_variant(name, model, tok, vectors, files, tasks, coll, key, work,
-                                               not args.no_progress)
+                                               not args.no_progress, denominators)
         write_json(path, report["variants"][name])
     if not args.skip_bases:
         cached = read_json(args.out / "bases.json")
