@@ -37,12 +37,13 @@ SHAPES = {  # name -> (out, in)
     "self_attn.o_proj": (HIDDEN, HIDDEN), "mlp.gate_proj": (MLP, HIDDEN), "mlp.up_proj": (MLP, HIDDEN),
     "mlp.down_proj": (HIDDEN, MLP),
 }
-#: (method, core params, dense params): the dense counterpart of each
+#: (method, core params, dense params): the dense counterpart of each (None: not run; task
+#: arithmetic has no dense path for LoRA inputs, iso_cts's takes T + 1 full SVDs per matrix)
 METHODS = {
     "task_arithmetic": ({}, None),
     "tsv": ({}, {"space": "dense"}),
     "iso_c": ({}, {"space": "dense"}),
-    "iso_cts": ({}, {"space": "dense"}),
+    "iso_cts": ({}, None),  # dense path not run here: T + 1 full SVDs of every matrix
     "ties": ({"space": "core"}, {}),
     "dare_ties": ({"space": "core"}, {}),
 }
