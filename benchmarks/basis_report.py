@@ -157,6 +157,9 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [f"Model {report['model']}, T = {len(tasks)} task vectors; eval: first {s['eval_limit']} examples "
              f"of each eval split; lambda chosen on {s['search_limit']} held-out train examples per task "
              f"(grid {s['grid']}).", ""]
+    lines += ["Addition columns: taskvec's addition (the sum of the T tasks recovered from the basis); "
+              "\"kept of full collection\" = its normalized accuracy / the full collection's. The source's "
+              "addition (the sum of the M basis vectors) is in its own table below.", ""]
     lines += ["| method | M | storage vs collection (dense fp32) | vs collection as stored (LoRA) | "
               "mean rel. recon. error | max | lambda | addition acc. | addition normalized | "
               "kept of full collection |", "|---|---|---|---|---|---|---|---|---|---|"]

@@ -17,24 +17,25 @@ import torch
 
 from taskvec.basis.source_import import import_source_basis
 from taskvec.errors import FileFormatError, UserInputError
+from taskvec.models.tiny import TINY_ARCHS
 from taskvec.weights.vector import TaskVector
 
 SHAPES = {"model.layers.0.mlp.weight": (6, 5), "model.layers.1.attn.weight": (4, 4), "model.norm.weight": (5,)}
 T, M = 5, 3
 
 
-def task_vectors(seed=0):
+def task_vectors(seed=0, shapes=SHAPES):
     g = torch.Generator().manual_seed(seed)
-    return [{k: torch.randn(s, generator=g) for k, s in SHAPES.items()} for _ in range(T)]
+    return [{k: torch.randn(s, generator=g) for k, s in shapes.items()} for _ in range(T)]
 
 
 def flat(v):
-    return torch.cat([v[k].reshape(-1) for k in SHAPES])
+    return torch.cat([v[k].reshape(-1) for k in v])
 
 
-def unflat(x):
+def unflat(x, shapes):
     out, i = {}, 0
-    for k, s in SHAPES.items():
+    for k, s in shapes.items():
         n = torch.Size(s).numel()
         out[k] = x[i:i + n].reshape(s).clone()
         i += n
@@ -42,6 +43,7 @@ def unflat(x):
 
 
 def write_run(tmp_path, method, tvs):
+    shapes = {k: tuple(v.shape) for k, v in tvs[0].items()}
     run = tmp_path / f"{method}_run"
     run.mkdir()
     V = torch.stack([flat(v) for v in tvs], 1)  # (D, T)
@@ -49,22 +51,22 @@ def write_run(tmp_path, method, tvs):
     if method == "PCABasisMethod":
         mean = V.mean(1)
         U, S, Vh = torch.linalg.svd(V - mean[:, None], full_matrices=False)
-        basis = [unflat(U[:, m] * S[m]) for m in range(M)]
+        basis = [unflat(U[:, m] * S[m], shapes) for m in range(M)]
         torch.save({"coefficients": Vh[:M], "mean_vector": mean, "singular_values": S[:M], "M_actual": M,
-                    "total_dim": V.shape[0], "keys_order": list(SHAPES),
-                    "param_shapes": {k: torch.Size(s) for k, s in SHAPES.items()},
+                    "total_dim": V.shape[0], "keys_order": list(shapes),
+                    "param_shapes": {k: torch.Size(s) for k, s in shapes.items()},
                     "dataset_names": info["datasets"]}, run / "pca_components.pt")
-        rec = [unflat(mean + sum(Vh[m, t] * U[:, m] * S[m] for m in range(M))) for t in range(T)]
+        rec = [unflat(mean + sum(Vh[m, t] * U[:, m] * S[m] for m in range(M)), shapes) for t in range(T)]
     elif method == "AutoencoderBasisMethod":
         g = torch.Generator().manual_seed(1)
         A = torch.randn(T, M, generator=g)
         B = torch.softmax(A / 5.0, dim=0)
         W = torch.randn(M, T, generator=g)
-        basis = [unflat(V @ B[:, m]) for m in range(M)]
+        basis = [unflat(V @ B[:, m], shapes) for m in range(M)]
         torch.save({"A": A, "W": W, "B": B, "metadata": {"M": M, "steps": 10, "lr": 0.01, "tau_init": 5.0,
                                                           "method": method}}, run / "AWB.pt")
         info |= {"steps": 10}
-        rec = [unflat(sum(W[m, t] * (V @ B[:, m]) for m in range(M))) for t in range(T)]
+        rec = [unflat(sum(W[m, t] * (V @ B[:, m]) for m in range(M)), shapes) for t in range(T)]
     else:
         sel = [0, 2, 3]
         basis = [dict(tvs[i]) for i in sel]
@@ -125,3 +127,27 @@ def test_cli_basis_import(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["method"] == "autoencoder" and out["M"] == M
     assert main(["basis", "import", str(tmp_path / "nope"), "--out", str(tmp_path / "c.safetensors")]) == 2
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+def test_load_basis_script_flow_on_every_architecture(tmp_path, arch):
+    """The source's scripts/load_basis.py: the merged vector is the sum of the loaded basis
+    vectors, the per-task vectors come from the saved method; the same numbers through taskvec."""
+    from taskvec.models.tiny import tiny_model
+
+    base, _ = tiny_model(arch, seed=0)
+    names = {n: tuple(p.shape) for n, p in base.named_parameters() if p.dim() == 2 and ".0." in n}
+    tvs = [{k: v * 0.01 for k, v in tv.items()} for tv in task_vectors(seed=3, shapes=names)]
+    run, basis_vectors, rec = write_run(tmp_path, "AutoencoderBasisMethod", tvs)
+    b = import_source_basis(run, tmp_path / "b.safetensors")
+    merged = sum((TaskVector(vector=bv) for bv in basis_vectors[1:]), TaskVector(vector=basis_vectors[0]))
+    ids = torch.tensor([[1, 4, 2, 8, 5]])
+    outs = []
+    for vec in (merged, b.basis_sum(), TaskVector(vector=rec[2]), b.recover(2)):
+        model, _ = tiny_model(arch, seed=0)
+        vec.apply_to(model, scale=0.4)
+        with torch.no_grad():
+            outs.append(model(input_ids=ids).logits)
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-4, rtol=1e-4)  # addition: source vs taskvec
+    torch.testing.assert_close(outs[3], outs[2], atol=1e-4, rtol=1e-4)  # a recovered task
+    assert set(names) == set(b.shapes)
