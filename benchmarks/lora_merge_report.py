@@ -40,8 +40,10 @@ VARIANTS: dict[str, tuple[str, dict[str, str], str, str | None]] = {
     "task_arithmetic": ("task_arithmetic", {}, SUM, None),
     "tsv (core)": ("tsv", {}, "0.4,0.6,0.8,1.0", "tsv (dense)"),
     "tsv (dense)": ("tsv", {"space": "dense"}, "0.4,0.6,0.8,1.0", None),
-    "iso_c (core)": ("iso_c", {}, ISO, None),
-    "iso_cts (core)": ("iso_cts", {}, ISO, None),
+    "iso_c (core)": ("iso_c", {}, ISO, "iso_c (dense)"),
+    "iso_c (dense)": ("iso_c", {"space": "dense"}, ISO, None),
+    "iso_cts (core)": ("iso_cts", {}, ISO, "iso_cts (dense)"),
+    "iso_cts (dense)": ("iso_cts", {"space": "dense"}, ISO, None),
     "ties (core)": ("ties", {"space": "core"}, MEAN, "ties (dense)"),
     "ties (dense)": ("ties", {}, MEAN, None),
     "dare_ties (core)": ("dare_ties", {"space": "core"}, MEAN, "dare_ties (dense)"),
@@ -211,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
             report["variants"][name] = old
             print(f"{name}: cached", file=sys.stderr)
             continue
-        twin = "tsv (core)" if name == "tsv (dense)" else None
+        # exact methods: the dense path gives the same vector, so it is compared, not re-evaluated
+        twin = name.replace("(dense)", "(core)") if method in ("tsv", "iso_c", "iso_cts") and "(dense)" in name else None
         if twin and twin in report["variants"]:  # exact method: same vector, no second evaluation
             report["variants"][name] = same_vector(name, report["variants"][twin], vectors, files, work) | {"key": key}
             write_json(path, report["variants"][name])
