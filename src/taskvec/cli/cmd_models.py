@@ -7,7 +7,7 @@ from typing import Any
 
 from taskvec.cli.options import add_json, new_command
 from taskvec.cli.output import print_json, print_table
-from taskvec.models.names import DEFAULT_MODEL, EMBEDDED, cache_dir, is_installed
+from taskvec.model_catalog import DEFAULT_MODEL, EMBEDDED, cache_dir, is_installed
 
 
 def register(sub: Any) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from taskvec.errors import UserInputError
-from taskvec.models.names import DEFAULT_MODEL
+from taskvec.model_catalog import DEFAULT_MODEL
 
 
 def add_json(p: argparse.ArgumentParser) -> None:

@@ -18,13 +18,13 @@ from typing import Any
 import torch
 
 from taskvec.errors import ModelLoadError, UserInputError, unknown_name
-from taskvec.models.compat import dtype_kwargs
-from taskvec.models.names import (  # re-exported: the torch-free catalogue
+from taskvec.model_catalog import (  # re-exported: the torch-free catalogue
     DEFAULT_MODEL,
     EMBEDDED,
     cache_dir,
     is_installed,
 )
+from taskvec.models.compat import dtype_kwargs
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,

@@ -1,5 +1,7 @@
 """The catalogue of embedded models and taskvec's cache, without torch (``taskvec models`` and
-the argument parser read it; ``taskvec.models.loading`` loads the models)."""
+the argument parser read it; ``taskvec.models.loading`` loads the models and re-exports these
+names). A top-level module on the models floor, outside the ``taskvec.models`` package, whose
+``__init__`` imports torch."""
 
 from __future__ import annotations
 
