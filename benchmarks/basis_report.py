@@ -65,7 +65,8 @@ def addition_eval(model: Any, tok: Any, vector: Any, tasks: list[Any], denominat
         for t in tasks:
             r = evaluate(model, tok, t, limit=args.eval_limit, batch_size=args.batch_size, progress=progress)
             ft = denominators[t.name]
-            per_task[t.name] = {"accuracy": r.accuracy, "n": r.n, "normalized": r.accuracy / ft if ft else None}
+            per_task[t.name] = {"accuracy": r.accuracy, "n": r.n, "normalized": r.accuracy / ft if ft else None,
+                                "correct": [int(c) for c in r.correct]}
     return {"lambda": lam, "search": res.to_dict(), "tasks": per_task,
             "mean_accuracy": mean([v["accuracy"] for v in per_task.values()]),
             "mean_normalized": mean([v["normalized"] for v in per_task.values()])}
@@ -150,6 +151,31 @@ def _acc(v: float | None) -> str:
     return "-" if v is None else f"{v:.3f}"
 
 
+def pooled(result: dict[str, Any], tasks: list[str]) -> list[int]:
+    """Per-example correctness over every task's eval examples, in task order (for paired tests)."""
+    return [c for t in tasks for c in result["tasks"][t].get("correct", [])]
+
+
+def _ci(correct: list[int]) -> str:
+    from taskvec.eval.stats import wilson
+
+    if not correct:
+        return "-"
+    lo, hi = wilson(sum(correct), len(correct))
+    return f"{sum(correct) / len(correct):.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def _paired(a: list[int], b: list[int]) -> str:
+    """``p = ...`` of the exact McNemar test of a vs b, and the sign when significant."""
+    from taskvec.eval.stats import mcnemar
+
+    if not a or len(a) != len(b):
+        return "-"
+    t = mcnemar(a, b)
+    verdict = ("higher" if t.only_a > t.only_b else "lower") if t.significant else "n.s."
+    return f"{t.p_value:.2g} ({verdict})"
+
+
 def markdown(report: dict[str, Any]) -> str:
     tasks = report["tasks"]
     full = report["full"]
@@ -158,13 +184,16 @@ def markdown(report: dict[str, Any]) -> str:
              f"of each eval split; lambda chosen on {s['search_limit']} held-out train examples per task "
              f"(grid {s['grid']}).", ""]
     lines += ["Addition columns: taskvec's addition (the sum of the T tasks recovered from the basis); "
-              "\"kept of full collection\" = its normalized accuracy / the full collection's. The source's "
-              "addition (the sum of the M basis vectors) is in its own table below.", ""]
+              "\"kept of full collection\" = its normalized accuracy / the full collection's. \"pooled, 95% CI\" = "
+              "accuracy over all eval examples of all tasks with its Wilson interval; \"vs full\" = exact McNemar "
+              "p-value against the full collection on the same examples (higher/lower when p < 0.05, else n.s.). "
+              "The source's addition (the sum of the M basis vectors) is in its own table below.", ""]
+    full_c = pooled(full, tasks)
     lines += ["| method | M | storage vs collection (dense fp32) | vs collection as stored (LoRA) | "
-              "mean rel. recon. error | max | lambda | addition acc. | addition normalized | "
-              "kept of full collection |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "mean rel. recon. error | max | lambda | addition acc. | pooled, 95% CI | vs full | "
+              "addition normalized | kept of full collection |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     lines.append(f"| full collection (task arithmetic) | {len(tasks)} | 100% | 100% | 0 | 0 | {full['lambda']:g} | "
-                 f"{_acc(full['mean_accuracy'])} | {_pct(full['mean_normalized'])} | 100% |")
+                 f"{_acc(full['mean_accuracy'])} | {_ci(full_c)} | - | {_pct(full['mean_normalized'])} | 100% |")
     for r in report["rows"]:
         st = r["storage"]
         vals = [float(v) for v in r["rel_error"].values() if v is not None]
@@ -174,18 +203,23 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {r['method']} | {r['M']} | {_pct(st.get('basis_vs_collection_dense'))} | "
             f"{_pct(st.get('basis_vs_collection'))} | "
             f"{(sum(vals) / len(vals)) if vals else float('nan'):.3f} | {max(vals) if vals else float('nan'):.3f} | "
-            f"{add['lambda']:g} | {_acc(add['mean_accuracy'])} | {_pct(add['mean_normalized'])} | {_pct(kept)} |")
+            f"{add['lambda']:g} | {_acc(add['mean_accuracy'])} | {_ci(pooled(add, tasks))} | "
+            f"{_paired(pooled(add, tasks), full_c)} | {_pct(add['mean_normalized'])} | {_pct(kept)} |")
     src = [r for r in report["rows"] if "source_addition" in r]
     if src:
         lines += ["", "Addition as uiuctml/TaskVectorBasis defines it: lambda x (the sum of the M basis vectors; "
                   "PCA: variance-scaled, no mean), lambda chosen on the held-out slices (grid "
-                  f"{s.get('source_grid')}), next to taskvec's (the sum of the T recovered tasks):", "",
-                  "| method | M | source: lambda | source: acc. | source: normalized | taskvec: acc. | taskvec: normalized |",
-                  "|---|---|---|---|---|---|---|"]
+                  f"{s.get('source_grid')}), next to taskvec's (the sum of the T recovered tasks); \"source vs "
+                  "taskvec\" = exact McNemar p-value of the source's addition against taskvec's on the same examples:",
+                  "", "| method | M | source: lambda | source: acc. | source: pooled, 95% CI | source: normalized | "
+                  "taskvec: acc. | taskvec: pooled, 95% CI | taskvec: normalized | source vs taskvec | source vs full |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in src:
             a, t = r["source_addition"], r["addition"]
-            lines.append(f"| {r['method']} | {r['M']} | {a['lambda']:g} | {_acc(a['mean_accuracy'])} | "
-                         f"{_pct(a['mean_normalized'])} | {_acc(t['mean_accuracy'])} | {_pct(t['mean_normalized'])} |")
+            ac, tc = pooled(a, tasks), pooled(t, tasks)
+            lines.append(f"| {r['method']} | {r['M']} | {a['lambda']:g} | {_acc(a['mean_accuracy'])} | {_ci(ac)} | "
+                         f"{_pct(a['mean_normalized'])} | {_acc(t['mean_accuracy'])} | {_ci(tc)} | "
+                         f"{_pct(t['mean_normalized'])} | {_paired(ac, tc)} | {_paired(ac, full_c)} |")
     lines += ["", "Relative L2 reconstruction error per task, ||v - v_hat|| / ||v|| (from the stored Gram matrices):",
               "", "| method | M | " + " | ".join(tasks) + " |", "|---|---|" + "---|" * len(tasks)]
     for r in report["rows"]:
@@ -252,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     ms = parse_ms(args.ms, len(names))
     neg_ms = ms if args.negate_ms == "all" else parse_ms(args.negate_ms, len(names))
     do_neg = args.negate != "none"
-    settings = {"eval_limit": args.eval_limit, "search_limit": args.search_limit, "grid": args.grid,
+    settings = {"format": 2, "eval_limit": args.eval_limit, "search_limit": args.search_limit, "grid": args.grid,
                 "source_grid": args.source_grid,
                 "negate": args.negate, "negate_grid": args.negate_grid, "seed": args.seed,
                 "holdout": coll["holdout"], "collection_recipe": coll["recipe"]}

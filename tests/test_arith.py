@@ -393,3 +393,16 @@ def test_merge_report_end_to_end_on_a_tiny_collection(bc, tmp_path, capsys):
     assert (out / "merge_report.md").exists() and (out / "merge_report" / "negation.json").exists()
     assert mr.main(argv) == 0  # everything cached now
     assert "cached" in capsys.readouterr().err
+
+
+def test_search_ties_are_float_rounding_proof():
+    """Equal sums of accuracies summed in another order are a tie; the tie goes to the first (smallest lambda)."""
+    from taskvec.weights.search import TIE_TOLERANCE, Candidate, first_best
+
+    a = (0.1 + 0.2) + 0.3  # 0.6000000000000001
+    b = 0.1 + (0.2 + 0.3)  # 0.6
+    assert a != b and abs(a - b) < TIE_TOLERANCE
+    cands = [Candidate(0.1, [0.1], {}, b), Candidate(0.14, [0.14], {}, a), Candidate(0.2, [0.2], {}, 0.5)]
+    assert first_best(cands).lam == 0.1
+    cands = [Candidate(0.1, [0.1], {}, 0.5), Candidate(0.14, [0.14], {}, 0.5 + 1e-6)]
+    assert first_best(cands).lam == 0.14  # a real difference (one example in 10^6) still wins

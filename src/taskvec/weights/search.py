@@ -204,6 +204,21 @@ def accuracy_scorer(batch_size: int = 16) -> Scorer:
 
 
 # -- results --------------------------------------------------------------------------------
+TIE_TOLERANCE = 1e-9
+"""Means closer than this are a tie. A mean of per-task accuracies is a float sum of fractions, so
+two settings with the same correct counts can differ in the last bits depending on the order of
+the sum; such differences must not decide a search."""
+
+
+def first_best(candidates: Sequence[Candidate]) -> Candidate:
+    """The first candidate whose mean is within :data:`TIE_TOLERANCE` of the best mean.
+
+    Candidates come in grid order, so a tie goes to the smallest ``lambda``.
+    """
+    top = max(c.mean for c in candidates)
+    return next(c for c in candidates if c.mean >= top - TIE_TOLERANCE)
+
+
 @dataclass
 class Candidate:
     """One evaluated setting: global ``lam`` and per-vector ``coefficients``, search accuracies."""
@@ -284,7 +299,8 @@ def search_coefficients(
 
     Global search: for each ``lambda`` in ``grid`` apply ``lambda * merge(vectors, lambda=1)``,
     score every task on its search examples (:func:`search_examples`), restore the model.
-    Ties go to the smaller ``lambda``.
+    Ties (means within ``TIE_TOLERANCE`` = 1e-9, i.e. float rounding of equal sums) go to the smaller
+    ``lambda``.
 
     ``per_task=True`` then runs ``passes`` rounds of coordinate ascent over per-vector
     coefficients ``c_i`` (start: all ``c_i = lambda*``): for each vector in turn try every grid
@@ -335,7 +351,7 @@ def search_coefficients(
         for lam in values:
             accs, mean = evaluate_at(unit, lam)
             candidates.append(Candidate(lam, [lam] * len(vectors), accs, mean))
-        best = max(candidates, key=lambda c: c.mean)  # first maximum: the smallest lambda
+        best = first_best(candidates)
         del unit
         if per_task:
             current = best
@@ -352,7 +368,7 @@ def search_coefficients(
                         merged = merge_vectors(m, vectors, weights, params | {"lambda": lam})
                         trial.accuracy, trial.mean = evaluate_at(merged, 1.0)
                         candidates.append(trial)
-                        if trial.mean > current.mean:
+                        if trial.mean > current.mean + TIE_TOLERANCE:  # ties keep the current value
                             current = trial
             best = current
     finally:
