@@ -43,6 +43,17 @@ def tiny_dir(tmp_path_factory) -> Path:
     return d
 
 
+@pytest.fixture()
+def one_thread():
+    """Tiny matmuls run faster on one thread when the CPU is shared (use via ``usefixtures``)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def run_cli(capsys, *argv) -> tuple[int, str, str]:
     """``taskvec ARGV...`` in-process: (exit code, stdout, stderr)."""
     from taskvec.cli.main import main

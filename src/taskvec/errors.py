@@ -69,3 +69,15 @@ def unknown_name(kind: str, name: str, choices: Iterable[str]) -> UnknownNameErr
     return UnknownNameError(
         f'unknown {kind} "{name}".{did_you_mean(name, choices)} Known {kind}s: {", ".join(choices)}.'
     )
+
+
+class TaskVecWarning(UserWarning):
+    """Base class of taskvec's warnings (the CLI prints each as one line on stderr)."""
+
+
+class SubsetWarning(TaskVecWarning):
+    """A first-N subset whose label distribution is far from its split's."""
+
+
+class ProtocolWarning(TaskVecWarning):
+    """A selection (lambda, coefficient, layer) made on examples it should not see."""

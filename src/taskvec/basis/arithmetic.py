@@ -25,14 +25,14 @@ import torch
 
 from taskvec.basis.basis import Basis
 from taskvec.basis.gram import DEFAULT_CHUNK_ELEMS, VectorSet, layer_key, progress_bar
-from taskvec.errors import ShapeMismatchError, UserInputError, unknown_name
+from taskvec.errors import ShapeMismatchError, TaskVecWarning, UserInputError, unknown_name
 from taskvec.formats import row_blocks
 from taskvec.weights.vector import TaskVector
 
 __all__ = ["ReconstructionWarning", "addition", "info", "negation", "recover"]
 
 
-class ReconstructionWarning(UserWarning):
+class ReconstructionWarning(TaskVecWarning):
     """A task that the basis only approximates by design (e.g. not sampled by random_sample)."""
 
 

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from taskvec.cli.options import add_json, add_progress, new_command, parse_params, show_progress
@@ -79,17 +75,6 @@ def _help(p: argparse.ArgumentParser) -> int:
     return 2
 
 
-@contextmanager
-def _warnings_to_stderr() -> Iterator[None]:
-    """Library warnings as one line each on stderr (``taskvec basis: warning: ...``)."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield
-    for w in caught:
-        if issubclass(w.category, UserWarning):
-            print(f"taskvec basis: warning: {w.message}", file=sys.stderr)
-
-
 def _mb(n: float | None) -> str:
     return "" if n is None else f"{n / 2**20:.2f} MB"
 
@@ -144,21 +129,20 @@ def run_build(args: argparse.Namespace) -> int:
     opts = {k: _option_value(v) for k, v in parse_params(args.option, "--option").items()}
     opts |= {k: v for k, v in {"tau": args.tau, "steps": args.steps, "lr": args.lr}.items() if v is not None}
     chunk = DEFAULT_CHUNK_ELEMS if args.chunk_elems is None else args.chunk_elems
-    with _warnings_to_stderr():
-        if _core_space(args):
-            from taskvec.basis.core_basis import build_core_basis
+    if _core_space(args):
+        from taskvec.basis.core_basis import build_core_basis
 
-            basis = build_core_basis(args.vectors, args.out, method=args.method, m=args.m, per_layer=args.per_layer,
-                                     seed=args.seed, options=opts or None, span_rank=args.span_rank,
-                                     progress=show_progress(args))
-        else:
-            if args.span_rank is not None:
-                raise UserInputError("--span-rank applies to core-space bases: add --space core (LoRA inputs).")
-            basis = build_basis(args.vectors, args.out, method=args.method, m=args.m, per_layer=args.per_layer,
-                                seed=args.seed, options=opts or None, chunk_elems=chunk, progress=show_progress(args))
-        if basis is None:  # under torchrun: a rank other than 0 (it shared the Gram pass, rank 0 writes)
-            return 0
-        inf = basis.info()
+        basis = build_core_basis(args.vectors, args.out, method=args.method, m=args.m, per_layer=args.per_layer,
+                                 seed=args.seed, options=opts or None, span_rank=args.span_rank,
+                                 progress=show_progress(args))
+    else:
+        if args.span_rank is not None:
+            raise UserInputError("--span-rank applies to core-space bases: add --space core (LoRA inputs).")
+        basis = build_basis(args.vectors, args.out, method=args.method, m=args.m, per_layer=args.per_layer,
+                            seed=args.seed, options=opts or None, chunk_elems=chunk, progress=show_progress(args))
+    if basis is None:  # under torchrun: a rank other than 0 (it shared the Gram pass, rank 0 writes)
+        return 0
+    inf = basis.info()
     if args.json:
         print_json({"out": str(basis.path)} | inf)
         return 0
@@ -210,7 +194,7 @@ def _print_layers(inf: dict[str, Any]) -> None:
 def run_info(args: argparse.Namespace) -> int:
     from taskvec.basis import load_basis
 
-    with load_basis(args.basis) as basis, _warnings_to_stderr():
+    with load_basis(args.basis) as basis:
         inf = basis.info(vectors=args.vectors, progress=show_progress(args))
     if args.json:
         print_json(inf)
@@ -230,7 +214,7 @@ def run_recover(args: argparse.Namespace) -> int:
     out = check_writable(args.out, (args.basis,))
     if out.suffix not in (".safetensors", ".pth", ".pt"):
         raise UserInputError(f"--out must end in .safetensors or .pth, got {out.name}.")
-    with load_basis(args.basis) as basis, _warnings_to_stderr():
+    with load_basis(args.basis) as basis:
         tv = basis.recover(args.task, progress=show_progress(args))
         i = basis.task_index(args.task)
         est = basis.info()["tasks"][i]

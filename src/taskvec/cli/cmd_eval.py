@@ -16,9 +16,11 @@ def register(sub: Any) -> None:
     add_vector_opts(p)
     p.add_argument("--task", required=True, help="task name (see `taskvec tasks`) or a task .yaml file")
     p.add_argument("--split", default=None, help="split to evaluate (default: the task's validation split)")
-    p.add_argument("--limit", type=int, default=None, help="only the first N examples")
+    p.add_argument("--limit", type=int, default=None, help="only the first N examples (warns if their labels are skewed)")
+    p.add_argument("--sample", type=int, default=None, metavar="N",
+                   help="a seeded random subset of N examples (seed: --seed), in file order")
     p.add_argument("--shots", type=int, default=0, help="k demonstrations from the train split (default 0)")
-    p.add_argument("--seed", type=int, default=0, help="seed for choosing demonstrations")
+    p.add_argument("--seed", type=int, default=0, help="seed for choosing demonstrations and the --sample subset")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--exact-match", action="store_true", help="ICL tasks: also greedy exact match")
     p.add_argument("--shuffle-labels", action="store_true", help="k-shot with shuffled demonstration labels")
@@ -39,8 +41,11 @@ def run(args: argparse.Namespace) -> int:
         from taskvec.errors import unknown_name
 
         raise unknown_name(f"split of task {task.name}", split, task.splits)
-    if args.limit is not None and args.limit <= 0:
-        raise UserInputError(f"--limit must be a positive number, got {args.limit}.")
+    for flag, v in (("--limit", args.limit), ("--sample", args.sample)):
+        if v is not None and v <= 0:
+            raise UserInputError(f"{flag} must be a positive number, got {v}.")
+    if args.limit is not None and args.sample is not None:
+        raise UserInputError("--limit and --sample are exclusive: use one (--sample N --seed S is representative).")
     if args.shots < 0:
         raise UserInputError(f"--shots must be >= 0, got {args.shots}.")
     model, tok, vec, ctx = load_model_with_vector(args)
@@ -48,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         res = evaluate(
             model, tok, task, split=split, limit=args.limit, shots=args.shots, seed=args.seed,
             batch_size=args.batch_size, progress=show_progress(args), exact_match=args.exact_match,
-            shuffle_labels=args.shuffle_labels,
+            shuffle_labels=args.shuffle_labels, sample=args.sample,
         )
     from taskvec import dist
 
@@ -63,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"model: {args.model} + {vec.describe(args.vector)}")
     ci = f"[{res.ci95[0]:.3f}, {res.ci95[1]:.3f}]" if res.ci95 else "-"
     print_table(
-        [[args.model, task.name, split, res.n, res.shots, res.metric, res.accuracy, ci,
+        [[args.model, task.name, f"{split} ({res.subset})", res.n, res.shots, res.metric, res.accuracy, ci,
           res.exact_match, f"{res.seconds:.1f}s"]],
         ["model", "task", "split", "n", "shots", "metric", "accuracy", "95% CI (Wilson)", "exact", "time"],
     )

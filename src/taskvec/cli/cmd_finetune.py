@@ -7,6 +7,7 @@ from typing import Any
 
 from taskvec.cli.options import add_json, add_model, add_progress, new_command, show_progress
 from taskvec.cli.output import print_json, print_table
+from taskvec.defaults import DEFAULT_HOLDOUT
 
 
 def register(sub: Any) -> None:
@@ -34,6 +35,10 @@ def register(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for data order and LoRA init (default 0)")
     p.add_argument("--max-length", type=int, default=128, help="max tokens per example; prompts are cut on the left")
     p.add_argument("--split", default=None, help="split to train on (default: the task's train split)")
+    p.add_argument("--holdout", type=int, default=None,
+                   help=f"train examples held out for choosing coefficients (`taskvec search`/`negate` use "
+                        f"them; default {DEFAULT_HOLDOUT} with the train split, 0 with another --split)")
+    p.add_argument("--holdout-seed", type=int, default=0, help="seed of the held-out slice (default 0)")
     p.add_argument("--checkpoint-every", type=int, default=50, help="checkpoint interval in steps (0: never)")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep OUT/checkpoints/ after training")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
@@ -76,6 +81,12 @@ def run(args: argparse.Namespace) -> int:
     split = args.split or task.train_split
     if split not in task.splits:
         raise unknown_name(f"split of task {task.name}", split, task.splits)
+    holdout = args.holdout if args.holdout is not None else (DEFAULT_HOLDOUT if split == task.train_split else 0)
+    if holdout < 0:
+        raise UserInputError(f"--holdout must be >= 0, got {holdout}.")
+    if holdout and split != task.train_split:
+        raise UserInputError(f"--holdout applies to the train split ({task.train_split}), not {split}: "
+                             "pass --holdout 0 to train on another split.")
 
     model, tok = load_model(args.model, dtype=args.dtype, device=args.device)
     res = finetune(
@@ -84,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed, max_length=args.max_length, checkpoint_every=args.checkpoint_every,
         resume=args.resume, progress=show_progress(args), split=split,
         warmup_steps=args.warmup_steps, schedule=args.schedule, keep_checkpoints=args.keep_checkpoints,
-        fsdp=args.fsdp,
+        fsdp=args.fsdp, holdout=holdout, holdout_seed=args.holdout_seed,
     )
     saved = res.model_dir if args.full else res.adapter_dir
     accuracy = None

@@ -16,6 +16,7 @@ from taskvec.cli.coefficient_opts import (
     fmt_acc,
     load_model_for,
     one_vector,
+    resolve_holdout,
 )
 from taskvec.cli.options import add_json, add_model, add_progress, new_command, show_progress
 from taskvec.cli.output import print_json, print_table
@@ -57,10 +58,11 @@ def run_negate(args: argparse.Namespace) -> int:
     if target.name == control.name:
         raise UserInputError("--target and --control are the same task: pick a different control.")
     vector = one_vector(args.vector)
+    resolve_holdout(args, [vector])
     model, tok = load_model_for(args, [vector])
     res = negate(model, tok, vector, target, control, grid, args.limit, eval_limit=args.eval_limit,
                  threshold=args.threshold, rule=args.rule, split=args.split, holdout=args.holdout, seed=args.seed,
-                 batch_size=args.batch_size, progress=show_progress(args))
+                 batch_size=args.batch_size, progress=show_progress(args), allow_eval_split=args.allow_eval_split)
     out = res.to_dict() | {"model": str(args.model), "vector": args.vector, "rule": args.rule}
     if args.json:
         print_json(out)
@@ -87,4 +89,6 @@ def run_negate(args: argparse.Namespace) -> int:
         ["model", f"{res.target} ({ev.get(res.target)}, n={res.eval_n.get(res.target)})",
          f"{res.control} ({ev.get(res.control)}, n={res.eval_n.get(res.control)})"],
     )
+    if res.selected_on_eval_split:
+        print("note: the coefficient was chosen on the eval split (--allow-eval-split): these numbers are optimistic.")
     return 0

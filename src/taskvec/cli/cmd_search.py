@@ -16,6 +16,7 @@ from taskvec.cli.coefficient_opts import (
     fmt_acc,
     load_model_for,
     load_vectors,
+    resolve_holdout,
 )
 from taskvec.cli.options import add_json, add_model, add_progress, new_command, show_progress
 from taskvec.cli.output import print_json, print_table
@@ -65,16 +66,19 @@ def run_search(args: argparse.Namespace) -> int:
     if not all(names):
         raise UserInputError("some vectors record no task: name the tasks to score with --tasks.")
     tasks = [get_task(str(n)) for n in dict.fromkeys(names)]
+    resolve_holdout(args, vectors)
     model, tok = load_model_for(args, vectors)
     res = search_coefficients(
         model, tok, vectors, tasks, method=method.name, grid=args.grid, params=params, split=args.split,
         limit=args.limit, holdout=args.holdout, seed=args.seed, per_task=args.per_task, passes=args.passes,
-        batch_size=args.batch_size, progress=show_progress(args),
+        batch_size=args.batch_size, progress=show_progress(args), allow_eval_split=args.allow_eval_split,
     )
     out = res.to_dict() | {"model": str(args.model), "vectors": labels, "inputs": list(args.vectors)}
     if args.out:
         best = merged_at(vectors, method.name, params, res.best)
-        best.metadata["search"] = {"best": res.best.to_dict(), "grid": res.grid, "splits": res.splits, "n": res.n}
+        best.metadata["search"] = {"best": res.best.to_dict(), "grid": res.grid, "splits": res.splits, "n": res.n,
+                                   "selected_on_eval_split": res.selected_on_eval_split,
+                                   "protocol_warnings": res.protocol_warnings}
         out["out"] = str(best.save(args.out))
     if args.results:
         with atomic_path(args.results) as tmp:
@@ -89,7 +93,8 @@ def run_search(args: argparse.Namespace) -> int:
                 title=f"{res.method} on {', '.join(f'{t} ({res.splits[t]}, n={res.n[t]})' for t in res.tasks)}")
     b = res.best
     print(f"\nbest: lambda={b.lam:g}" + (f", coefficients={b.coefficients}" if args.per_task else "")
-          + f", mean search accuracy {b.mean:.4f} ({res.seconds:.0f}s)")
+          + f", mean search accuracy {b.mean:.4f} ({res.seconds:.0f}s)"
+          + (" [chosen on the eval split: optimistic]" if res.selected_on_eval_split else ""))
     if args.out:
         print(f"wrote {out['out']}")
     return 0

@@ -24,10 +24,14 @@ def add_selection(p: argparse.ArgumentParser, grid: str) -> None:
     p.add_argument("--grid", default=grid, help=f"coefficients: start:stop:step (stop included) or a,b,c (default {grid})")
     p.add_argument("--limit", type=int, default=None, help="at most N search examples per task")
     p.add_argument("--split", default=None,
-                   help="choose on this named split instead of the held-out train slice (never the eval split)")
-    p.add_argument("--holdout", type=int, default=DEFAULT_HOLDOUT,
-                   help=f"size of the held-out train slice (default {DEFAULT_HOLDOUT}; as in build_collection)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the held-out slice (default 0)")
+                   help="choose on this named split instead of the held-out train slice (not the eval split)")
+    p.add_argument("--allow-eval-split", action="store_true",
+                   help="allow --split to be a task's eval split (optimistic; the output is marked)")
+    p.add_argument("--holdout", type=int, default=None,
+                   help="size of the held-out train slice (default: the one the vectors were fine-tuned "
+                        f"without, as their metadata records; else {DEFAULT_HOLDOUT})")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of the held-out slice (default: the vectors' recorded one, else 0)")
     p.add_argument("--batch-size", type=int, default=16, help="evaluation batch size (default 16)")
     p.add_argument("--force", action="store_true", help="use vectors whose base fingerprint differs from the model")
 
@@ -66,6 +70,18 @@ def load_model_for(args: argparse.Namespace, vectors: list[Any]) -> tuple[Any, A
     for v in vectors:
         v.check_base(model, force=args.force)
     return model, tok
+
+
+def resolve_holdout(args: argparse.Namespace, vectors: list[Any]) -> None:
+    """Fill ``args.holdout`` / ``args.seed`` left unset from the slice the vectors were trained without."""
+    from taskvec.defaults import DEFAULT_HOLDOUT
+    from taskvec.weights.protocol import recorded_holdout
+
+    rec = recorded_holdout(vectors)
+    if args.holdout is None:
+        args.holdout = rec[0] if rec else DEFAULT_HOLDOUT
+    if args.seed is None:
+        args.seed = rec[1] if rec else 0
 
 
 def check_selection(args: argparse.Namespace) -> list[float]:

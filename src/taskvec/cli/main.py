@@ -6,11 +6,13 @@ import argparse
 import importlib
 import sys
 import traceback
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from taskvec import __version__
 from taskvec.cli.options import OneLineParser, add_common_flags
-from taskvec.errors import TaskVecError
+from taskvec.errors import TaskVecError, TaskVecWarning
 
 # Each module has register(subparsers) that adds its parser(s) with set_defaults(func=run).
 SUBCOMMAND_MODULES = (
@@ -49,6 +51,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextmanager
+def one_line_warnings(command: str) -> Iterator[None]:
+    """taskvec's own warnings as one line each on stderr, when they happen (others unchanged)."""
+    with warnings.catch_warnings():
+        shown = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+            if issubclass(category, TaskVecWarning) or (
+                    issubclass(category, UserWarning) and "taskvec" in str(filename)):
+                print(f"taskvec {command}: warning: {message}", file=sys.stderr, flush=True)
+            else:
+                shown(message, category, filename, lineno, file, line)
+
+        warnings.simplefilter("always", TaskVecWarning)
+        warnings.showwarning = show
+        yield
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -61,7 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with one_line_warnings(args.command):
+            return int(args.func(args) or 0)
     except TaskVecError as exc:
         if debug:
             traceback.print_exc()

@@ -38,6 +38,8 @@ class EvalResult:
     seconds: float = 0.0
     #: per example, in order: whether the prediction was right (for paired tests)
     correct: list[bool] = field(default_factory=list)
+    #: how the examples were chosen: "all", "first N" or "sample N (seed S)"
+    subset: str = ""
 
     @property
     def ci95(self) -> tuple[float, float] | None:
@@ -104,20 +106,29 @@ def evaluate(
     examples: Sequence[dict] | None = None,
     exact_match: bool = False,
     shuffle_labels: bool = False,
+    sample: int | None = None,
+    sample_seed: int | None = None,
 ) -> EvalResult:
     """Evaluate ``model`` on ``task``.
 
     Classification: the label whose answer words get the highest summed log-probability.
     Generation (ICL tasks): first-token accuracy, and greedy exact match if ``exact_match``.
     Few-shot demonstrations come from the task's train split, seeded, never the query.
+    ``limit`` takes the first N examples (warning when their labels are skewed); ``sample`` a
+    seeded random N (``sample_seed``, default ``seed``), see :mod:`taskvec.tasks.subsets`.
     """
     if limit is not None and limit <= 0:
         raise UserInputError(f"--limit must be a positive number, got {limit}.")
     if batch_size <= 0:
         raise UserInputError(f"--batch-size must be positive, got {batch_size}.")
     split = split or task.eval_split
+    s_seed = seed if sample_seed is None else sample_seed
     if examples is None:
-        examples = task.load(split, limit=limit)
+        examples = task.subset(split, limit=limit, sample=sample, seed=s_seed)
+        subset = (f"sample {sample} (seed {s_seed})" if sample is not None
+                  else f"first {limit}" if limit is not None else "all")
+    else:
+        subset = "given"
     examples = list(examples)
     if not examples:
         raise UserInputError(f"task {task.name} split {split} has no examples.")
@@ -140,6 +151,7 @@ def evaluate(
             model, tok, task, examples, prompts, batch_size, progress, desc, exact_match
         )
     result.split, result.shots, result.seed = split, shots, seed
+    result.subset = subset
     result.model = model_name(model)
     result.seconds = round(time.perf_counter() - start, 3)
     return result

@@ -203,6 +203,26 @@ class Task:
             rows = rows[:limit]
         return [dict(r) for r in rows]
 
+    def subset(
+        self, split: str | None = None, limit: int | None = None, sample: int | None = None, seed: int = 0
+    ) -> list[dict]:
+        """The first ``limit`` examples of ``split`` or a seeded random ``sample`` of them.
+
+        A first-N subset of a classification split whose label shares are far from the split's
+        raises a :class:`~taskvec.errors.SubsetWarning` (see :mod:`taskvec.tasks.subsets`).
+        """
+        from taskvec.tasks.subsets import choose
+
+        split = self.eval_split if split is None else split
+        rows = self.load(split)
+        label_of = None
+        if self.kind == "classification":
+            names = self.labels()
+
+            def label_of(ex: dict[str, Any]) -> str:
+                return names[self.label_index(ex)]
+        return choose(rows, limit, sample, seed, label_of, where=f"task {self.name} split {split}")
+
     # -- formatting ---------------------------------------------------------------------
     def prompt(self, example: dict[str, Any]) -> str:
         """The query prompt for ``example`` (the template filled in, no answer)."""

@@ -229,6 +229,8 @@ def finetune(
     keep_checkpoints: bool = False,
     callback: StepCallback | None = None,
     fsdp: bool = False,
+    holdout: int = 0,
+    holdout_seed: int = 0,
 ) -> FinetuneResult:
     """Fine-tune ``model`` on ``task``'s train split; write ``out_dir/adapter`` (or ``model``).
 
@@ -240,7 +242,10 @@ def finetune(
     loss)`` runs after each step (and its checkpoint). See the module docstring for
     determinism and for what happens to ``model``. ``fsdp=True`` (LoRA, several processes)
     shards the model with FSDP2 (:mod:`taskvec.weights.finetune_fsdp`); the model stays
-    sharded afterwards and ``result.unload()`` is not available.
+    sharded afterwards and ``result.unload()`` is not available. ``holdout=N`` (> 0) trains on
+    the train split minus its seeded held-out slice of ``N`` (split ``train_fit``), recorded in
+    the recipe so that ``search``/``negate`` choose coefficients on examples never trained on
+    (:mod:`taskvec.weights.protocol`); ``taskvec finetune`` holds out 200 by default.
     """
     from tqdm.auto import tqdm
 
@@ -251,6 +256,15 @@ def finetune(
                         warmup_steps, weight_decay, max_grad_norm)
     out = check_out_dir(out_dir, resume)
     split = split or task.train_split
+    if isinstance(holdout, bool) or not isinstance(holdout, int) or holdout < 0:
+        raise UserInputError(f"--holdout must be a non-negative integer, got {holdout!r}.")
+    if holdout:
+        from taskvec.weights.search import FIT_SPLIT, with_holdout
+
+        if split not in (task.train_split, FIT_SPLIT):
+            raise UserInputError(f"--holdout applies to the train split ({task.train_split}), not {split}: "
+                                 "pass --holdout 0 to train on another split.")
+        task, split = with_holdout(task, holdout, holdout_seed), FIT_SPLIT
     examples = task.load(split)
     if schedule not in SCHEDULES:
         raise UserInputError(f'unknown schedule "{schedule}": use one of {", ".join(SCHEDULES)}.')
@@ -281,6 +295,8 @@ def finetune(
         "train_examples": len(examples), "base_model": model_name(model),
         "base_fingerprint": fingerprint(model),
     }
+    if holdout:  # only then, so runs started before this option still resume
+        config |= {"holdout": holdout, "holdout_seed": holdout_seed}
     ckpt = latest_checkpoint(out / CHECKPOINTS) if resume else None
     if ckpt is not None:
         _check_resume(ckpt.state, config, ckpt.path)

@@ -28,6 +28,8 @@ from taskvec.weights.search import (
     applied,
     parse_grid,
     search_examples,
+    selection_issues,
+    warn_protocol,
 )
 from taskvec.weights.vector import TaskVector
 
@@ -56,6 +58,9 @@ class NegationResult:
     target_at_c: float | None = None
     control_at_c: float | None = None
     seconds: float = 0.0
+    #: where the selection could see training or reported examples (taskvec.weights.protocol)
+    protocol_warnings: list[str] = field(default_factory=list)
+    selected_on_eval_split: bool = False
 
     @property
     def target_drop(self) -> float | None:
@@ -107,7 +112,7 @@ def negate(
     eval_limit: int | None = None, threshold: float = DEFAULT_THRESHOLD, split: str | None = None,
     holdout: int = DEFAULT_HOLDOUT, seed: int = 0, final_eval: bool = True,
     scorer: Scorer | None = None, batch_size: int = 16, progress: bool = True, restore: str = "copy",
-    rule: str = "largest",
+    rule: str = "largest", allow_eval_split: bool = False,
 ) -> NegationResult:
     """Negate ``vector`` on ``model`` (in memory; restored afterwards); see the module docstring.
 
@@ -125,7 +130,10 @@ def negate(
     if target_task.name == control_task.name:
         raise UserInputError("the target and control tasks are the same: pick a different control task.")
     scorer = scorer or accuracy_scorer(batch_size)
-    sel = {t.name: search_examples(t, split, limit, holdout, seed) for t in (target_task, control_task)}
+    sel = {t.name: search_examples(t, split, limit, holdout, seed, allow_eval_split)
+           for t in (target_task, control_task)}
+    issues = warn_protocol(selection_issues([vector], [target_task.name, control_task.name], split, holdout, seed,
+                                            {t.name: t.train_split for t in (target_task, control_task)}))
     pair = (("target", target_task), ("control", control_task))
     t0 = time.perf_counter()
 
@@ -144,7 +152,8 @@ def negate(
     res = NegationResult(
         target=target_task.name, control=control_task.name, threshold=threshold, grid=values,
         select_split={k: v[0] for k, v in sel.items()}, select_n={k: len(v[1]) for k, v in sel.items()},
-        base_select=base_sel, curve=curve, chosen=chosen,
+        base_select=base_sel, curve=curve, chosen=chosen, protocol_warnings=issues,
+        selected_on_eval_split=any(sel[t.name][0] == t.eval_split for t in (target_task, control_task)),
     )
     if final_eval:
         lim = limit if eval_limit is None else eval_limit

@@ -32,10 +32,13 @@ import torch
 
 from taskvec.defaults import DEFAULT_HOLDOUT  # re-exported
 from taskvec.errors import UserInputError
+from taskvec.weights.protocol import (  # FIT/SEARCH re-exported
+    FIT_SPLIT,
+    SEARCH_SPLIT,
+    selection_issues,
+)
 from taskvec.weights.vector import TaskVector
 
-SEARCH_SPLIT = "search_holdout"
-FIT_SPLIT = "train_fit"
 MAX_GRID = 1000
 
 #: ``scorer(model, tok, task, examples, split_label) -> accuracy``
@@ -148,21 +151,37 @@ def with_holdout(task: Any, n: int = DEFAULT_HOLDOUT, seed: int = 0) -> Any:
 
 
 def search_examples(task: Any, split: str | None = None, limit: int | None = None,
-                    holdout: int = DEFAULT_HOLDOUT, seed: int = 0) -> tuple[str, list[dict]]:
+                    holdout: int = DEFAULT_HOLDOUT, seed: int = 0,
+                    allow_eval_split: bool = False) -> tuple[str, list[dict]]:
     """``(split label, examples)`` to select coefficients on: the held-out slice, or a named split.
 
-    A named split equal to the task's ``eval_split`` is refused: the final numbers come from it.
+    A named split equal to the task's ``eval_split`` is refused (the final numbers come from it)
+    unless ``allow_eval_split``; then a :class:`~taskvec.errors.ProtocolWarning` is raised.
     """
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise UserInputError(f"--limit must be a positive integer, got {limit!r}.")
     if split in (None, SEARCH_SPLIT):
         return SEARCH_SPLIT, search_split_examples(task, holdout, seed, limit)
     if split == task.eval_split:
-        raise UserInputError(
-            f"split {split} is task {task.name}'s eval split: choose coefficients on another split "
-            "(default: a held-out train slice)."
-        )
+        if not allow_eval_split:
+            raise UserInputError(
+                f"split {split} is task {task.name}'s eval split: choose coefficients on another split "
+                "(default: a held-out train slice), or pass --allow-eval-split to do it anyway (marked)."
+            )
+        warn_protocol([f"choosing on {task.name}'s eval split {split}: numbers reported on it are "
+                       "optimistic (marked selected_on_eval_split)."])
     return split, task.load(split, limit=limit)
+
+
+def warn_protocol(issues: list[str]) -> list[str]:
+    """Raise a :class:`~taskvec.errors.ProtocolWarning` for each issue; return them."""
+    import warnings
+
+    from taskvec.errors import ProtocolWarning
+
+    for msg in issues:
+        warnings.warn(msg, ProtocolWarning, stacklevel=3)
+    return issues
 
 
 # -- in-memory application ---------------------------------------------------------------
@@ -248,6 +267,9 @@ class SearchResult:
     best: Candidate
     seconds: float = 0.0
     holdout: dict[str, int] = field(default_factory=dict)
+    #: where the selection could see training or reported examples (taskvec.weights.protocol)
+    protocol_warnings: list[str] = field(default_factory=list)
+    selected_on_eval_split: bool = False
 
     def weights_and_lam(self) -> tuple[list[float], float]:
         """(merge weights, lambda) that reproduce the best candidate with ``merge``."""
@@ -293,7 +315,7 @@ def search_coefficients(
     params: dict[str, Any] | None = None, split: str | None = None, limit: int | None = None,
     *, holdout: int = DEFAULT_HOLDOUT, seed: int = 0, per_task: bool = False, passes: int = 1,
     scorer: Scorer | None = None, batch_size: int = 16, progress: bool = True,
-    restore: str = "copy",
+    restore: str = "copy", allow_eval_split: bool = False,
 ) -> SearchResult:
     """Pick the merging coefficient with the best mean search accuracy over ``tasks``.
 
@@ -326,7 +348,10 @@ def search_coefficients(
     if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
         raise UserInputError(f"passes must be a positive integer, got {passes!r}.")
     m.validate(None, params, len(vectors))  # every parameter problem before any evaluation
-    data = {t.name: search_examples(t, split, limit, holdout, seed) for t in tasks}
+    data = {t.name: search_examples(t, split, limit, holdout, seed, allow_eval_split) for t in tasks}
+    issues = warn_protocol(selection_issues(vectors, [t.name for t in tasks], split, holdout, seed,
+                                            {t.name: t.train_split for t in tasks}))
+    on_eval = any(data[t.name][0] == t.eval_split for t in tasks)
     for t in tasks:
         if not data[t.name][1]:
             raise UserInputError(f"task {t.name} has no search examples.")
@@ -379,4 +404,5 @@ def search_coefficients(
         grid=values, per_task=per_task, candidates=candidates, best=best,
         seconds=round(time.perf_counter() - t0, 3),
         holdout={"n": holdout, "seed": seed} if split in (None, SEARCH_SPLIT) else {},
+        protocol_warnings=issues, selected_on_eval_split=on_eval,
     )
