@@ -24,6 +24,9 @@ def register(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--exact-match", action="store_true", help="ICL tasks: also greedy exact match")
     p.add_argument("--shuffle-labels", action="store_true", help="k-shot with shuffled demonstration labels")
+    p.add_argument("--demos", choices=["per-query", "shared"], default="per-query",
+                   help="k-shot: a seeded set of demonstrations per query (default), or one set shared by "
+                        "all queries (its KV cache is computed once and reused: about zero-shot cost)")
     add_progress(p)
     add_json(p)
     p.set_defaults(func=run)
@@ -53,13 +56,13 @@ def run(args: argparse.Namespace) -> int:
         res = evaluate(
             model, tok, task, split=split, limit=args.limit, shots=args.shots, seed=args.seed,
             batch_size=args.batch_size, progress=show_progress(args), exact_match=args.exact_match,
-            shuffle_labels=args.shuffle_labels, sample=args.sample,
+            shuffle_labels=args.shuffle_labels, sample=args.sample, demos=args.demos,
         )
     from taskvec import dist
 
     if not dist.is_main():  # under torchrun only rank 0 prints
         return 0
-    out = res.to_dict() | {"model": str(args.model), "vector": args.vector,
+    out = res.to_dict() | {"model": str(args.model), "vector": args.vector, "demos": args.demos,
                            "vector_kind": vec.kind if vec else None, "scale": vec.scale if vec else None}
     if args.json:
         print_json(out)

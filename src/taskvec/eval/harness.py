@@ -80,17 +80,25 @@ def build_prompts(
     seed: int = 0,
     pool: Sequence[dict] | None = None,
     shuffle_labels: bool = False,
+    demos: str = "per-query",
 ) -> list[str]:
-    """Zero-shot prompts, or k-shot prompts with demonstrations from ``pool`` (train split)."""
+    """Zero-shot prompts, or k-shot prompts with demonstrations from ``pool`` (train split).
+
+    ``demos``: ``"per-query"`` (a seeded set per query) or ``"shared"`` (one set for all).
+    """
+    from taskvec.tasks import DEMO_MODES
+
+    if demos not in DEMO_MODES:
+        from taskvec.errors import unknown_name
+
+        raise unknown_name("demonstration mode", demos, DEMO_MODES)
     if shots < 0:
         raise UserInputError(f"--shots must be >= 0, got {shots}.")
     if shots == 0:
         return [task.prompt(ex) for ex in examples]
-    from taskvec.tasks import fewshot_prompts
-
     if pool is None:
         pool = task.load(task.train_split)
-    return fewshot_prompts(task, list(examples), list(pool), shots, seed, shuffle_labels=shuffle_labels)
+    return DEMO_MODES[demos](task, list(examples), list(pool), shots, seed, shuffle_labels=shuffle_labels)
 
 
 def evaluate(
@@ -108,6 +116,8 @@ def evaluate(
     shuffle_labels: bool = False,
     sample: int | None = None,
     sample_seed: int | None = None,
+    demos: str = "per-query",
+    reuse_prefix: bool | None = None,
 ) -> EvalResult:
     """Evaluate ``model`` on ``task``.
 
@@ -116,6 +126,9 @@ def evaluate(
     Few-shot demonstrations come from the task's train split, seeded, never the query.
     ``limit`` takes the first N examples (warning when their labels are skewed); ``sample`` a
     seeded random N (``sample_seed``, default ``seed``), see :mod:`taskvec.tasks.subsets`.
+    ``demos="shared"`` uses one seeded set of demonstrations for every query; their common
+    prefix is then encoded once and its KV cache reused (``reuse_prefix``, default: on for
+    shared demonstrations; :mod:`taskvec.eval.prefix`), same predictions to float tolerance.
     """
     if limit is not None and limit <= 0:
         raise UserInputError(f"--limit must be a positive number, got {limit}.")
@@ -132,23 +145,26 @@ def evaluate(
     examples = list(examples)
     if not examples:
         raise UserInputError(f"task {task.name} split {split} has no examples.")
-    prompts = build_prompts(task, examples, shots, seed, shuffle_labels=shuffle_labels)
+    prompts = build_prompts(task, examples, shots, seed, shuffle_labels=shuffle_labels, demos=demos)
+    if reuse_prefix is None:
+        reuse_prefix = shots > 0 and demos == "shared"
     start = time.perf_counter()
     from taskvec import dist
     from taskvec.models.loading import model_name
 
-    desc = f"{task.name} {shots}-shot"
+    desc = f"{task.name} {shots}-shot" + (" (shared demos)" if shots and demos == "shared" else "")
     if task.kind == "classification":
         # Under torchrun each rank scores its shard; every rank gets all scores back.
         mine = dist.shard_indices(len(prompts))
         with _progress_bar(len(mine), desc, progress and dist.is_main()) as upd:
-            local = score_choices(model, tok, [prompts[i] for i in mine], task.choices(), batch_size, upd)
+            local = score_choices(model, tok, [prompts[i] for i in mine], task.choices(), batch_size, upd,
+                                  reuse_prefix=reuse_prefix)
         rows = dist.gather_by_index(len(prompts), {i: local[j] for j, i in enumerate(mine)})
         scores = torch.stack(rows) if rows else torch.empty(0, len(task.choices()))
         result = _classification_result(task, examples, scores)
     else:
         result = _generation_result(
-            model, tok, task, examples, prompts, batch_size, progress, desc, exact_match
+            model, tok, task, examples, prompts, batch_size, progress, desc, exact_match, reuse_prefix
         )
     result.split, result.shots, result.seed = split, shots, seed
     result.subset = subset
@@ -193,12 +209,14 @@ def _generation_result(
     progress: bool,
     desc: str,
     exact_match: bool,
+    reuse_prefix: bool = False,
 ) -> EvalResult:
     from taskvec import dist
 
     mine = dist.shard_indices(len(prompts))
     with _progress_bar(len(mine), desc, progress and dist.is_main()) as upd:
-        local = (next_token_logits(model, tok, [prompts[i] for i in mine], batch_size, upd).argmax(-1)
+        local = (next_token_logits(model, tok, [prompts[i] for i in mine], batch_size, upd,
+                                   reuse_prefix=reuse_prefix).argmax(-1)
                  if mine else torch.empty(0, dtype=torch.long))
     pred = torch.tensor(dist.gather_by_index(len(prompts), {i: int(local[j]) for j, i in enumerate(mine)}))
     targets = torch.tensor([first_token_id(tok, task.answer(ex)) for ex in examples])

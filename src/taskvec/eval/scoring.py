@@ -7,7 +7,7 @@ Only the logits that are scored are computed (``logits_to_keep``), which saves 2
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -37,6 +37,26 @@ def forward_logits(model: Any, batch: Batch, keep: int) -> torch.Tensor:
     return out.logits[:, -keep:, :].float()  # (B, keep, V)
 
 
+def logits_batches(model: Any, seqs: Sequence[Sequence[int]], batch_size: int, pid: int, keep: int,
+                   reuse_prefix: bool = False) -> Iterator[tuple[Batch, torch.Tensor]]:
+    """``(batch, logits of its last keep positions)`` over length-sorted batches of ``seqs``.
+
+    ``reuse_prefix``: when the sequences share at least ``MIN_PREFIX`` leading tokens, encode
+    them once and reuse their KV cache (:mod:`taskvec.eval.prefix`); same logits to float tolerance.
+    """
+    from taskvec.eval.prefix import MIN_PREFIX, SharedPrefix, common_prefix_len
+
+    n = common_prefix_len(seqs) if reuse_prefix else 0
+    n = min(n, min((len(s) for s in seqs), default=0) - keep)  # every suffix holds the kept positions
+    if n >= MIN_PREFIX:
+        shared = SharedPrefix(model, seqs[0][:n])
+        for batch in length_sorted_batches([s[n:] for s in seqs], batch_size, pid):
+            yield batch, shared.logits([seqs[i][n:] for i in batch.index], keep)
+        return
+    for batch in length_sorted_batches(seqs, batch_size, pid):
+        yield batch, forward_logits(model, batch, keep)
+
+
 @torch.no_grad()
 def score_choices(
     model: Any,
@@ -45,12 +65,13 @@ def score_choices(
     choices: Sequence[str],
     batch_size: int = 16,
     progress: ProgressFn | None = None,
+    reuse_prefix: bool = False,
 ) -> torch.Tensor:
     """Summed log-probability of each choice's tokens after each prompt: (N, C).
 
     Prompt and choice are tokenized separately and concatenated, so a choice's tokens are the
     same for every prompt. When every choice is a single token, one forward pass per prompt
-    scores all choices at once.
+    scores all choices at once. ``reuse_prefix``: see :func:`logits_batches`.
     """
     choice_ids = encode(tok, choices, add_special_tokens=False)
     for c, ids in zip(choices, choice_ids):
@@ -62,8 +83,8 @@ def score_choices(
     scores = torch.empty((n, n_choices), dtype=torch.float32)
     if all(len(ids) == 1 for ids in choice_ids):
         first = torch.tensor([ids[0] for ids in choice_ids])  # (C,)
-        for batch in length_sorted_batches(prompt_ids, batch_size, pid):
-            logp = forward_logits(model, batch, 1)[:, -1].log_softmax(-1).cpu()  # (B, V)
+        for batch, logits in logits_batches(model, prompt_ids, batch_size, pid, 1, reuse_prefix):
+            logp = logits[:, -1].log_softmax(-1).cpu()  # (B, V)
             scores[batch.index] = logp[:, first]
             if progress:
                 progress(len(batch.index))
@@ -73,8 +94,8 @@ def score_choices(
     max_len = max(len(c) for c in choice_ids)
     flat = torch.empty(len(seqs), dtype=torch.float32)
     seqs_done, prompts_done = 0, 0
-    for batch in length_sorted_batches(seqs, batch_size, pid):
-        logp = forward_logits(model, batch, max_len + 1).log_softmax(-1).cpu()  # (B, K, V)
+    for batch, logits in logits_batches(model, seqs, batch_size, pid, max_len + 1, reuse_prefix):
+        logp = logits.log_softmax(-1).cpu()  # (B, K, V)
         for row, j in enumerate(batch.index):
             c = choice_ids[j % n_choices]
             # logits at position t predict token t+1: the choice's m tokens are the last m.
@@ -94,12 +115,13 @@ def next_token_logits(
     prompts: Sequence[str],
     batch_size: int = 16,
     progress: ProgressFn | None = None,
+    reuse_prefix: bool = False,
 ) -> torch.Tensor:
-    """Logits of the token after each prompt: (N, V)."""
+    """Logits of the token after each prompt: (N, V). ``reuse_prefix``: see :func:`logits_batches`."""
     prompt_ids = encode(tok, prompts)
     out: torch.Tensor | None = None
-    for batch in length_sorted_batches(prompt_ids, batch_size, pad_id(tok)):
-        logits = forward_logits(model, batch, 1)[:, -1].cpu()  # (B, V)
+    for batch, all_logits in logits_batches(model, prompt_ids, batch_size, pad_id(tok), 1, reuse_prefix):
+        logits = all_logits[:, -1].cpu()  # (B, V)
         if out is None:
             out = torch.empty((len(prompts), logits.shape[-1]), dtype=torch.float32)
         out[batch.index] = logits

@@ -6,7 +6,12 @@ AG News; generation: the function-vector ICL tasks such as ``antonym``); a path 
 """
 
 from taskvec.tasks.catalog import get_task, list_tasks, register_task
-from taskvec.tasks.fewshot import build_fewshot_prompt, fewshot_prompts
+from taskvec.tasks.fewshot import (
+    DEMO_MODES,
+    build_fewshot_prompt,
+    fewshot_prompts,
+    shared_fewshot_prompts,
+)
 from taskvec.tasks.task import Task
 from taskvec.tasks.userfile import load_task_file
 
@@ -14,6 +19,8 @@ __all__ = [
     "Task",
     "build_fewshot_prompt",
     "fewshot_prompts",
+    "shared_fewshot_prompts",
+    "DEMO_MODES",
     "get_task",
     "list_tasks",
     "load_task_file",

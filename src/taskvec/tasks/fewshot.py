@@ -102,18 +102,23 @@ def build_fewshot_prompt(
     if k == 0:
         return task.prompt(query)
     ok = _usable(task, query)
-    picked = _pick(pool, k, ok, rng)
-    demos = []
+    demos = _demos(task, pool, _pick(pool, k, ok, rng), ok, rng, shuffle_labels)
+    return task.separator.join([*demos, task.prompt(query)])
+
+
+def _demos(task: Task, pool: Sequence[dict], picked: list[int], ok: Callable[[dict], bool],
+           rng: random.Random, shuffle_labels: bool) -> list[str]:
+    """``prompt + answer`` of each picked pool example (a random answer with ``shuffle_labels``)."""
+    out = []
     for i in picked:
-        demo = pool[i]
         if not shuffle_labels:
-            answer = task.answer(demo)
+            answer = task.answer(pool[i])
         elif task.kind == "classification":
             answer = rng.choice(task.choices())
         else:
             answer = _other_answer(task, pool, i, ok, rng)
-        demos.append(task.prompt(demo) + answer)
-    return task.separator.join([*demos, task.prompt(query)])
+        out.append(task.prompt(pool[i]) + answer)
+    return out
 
 
 def fewshot_prompts(
@@ -137,3 +142,41 @@ def fewshot_prompts(
         )
         for i, q in enumerate(queries)
     ]
+
+
+def shared_fewshot_prompts(
+    task: Task,
+    queries: Sequence[dict],
+    pool: Sequence[dict],
+    k: int,
+    seed: int,
+    shuffle_labels: bool = False,
+) -> list[str]:
+    """k-shot prompts that all use **one** seeded set of demonstrations (the usual ICL protocol).
+
+    The set is drawn once with a generator seeded from ``seed`` and excludes every query (and
+    any pool example with a query's prompt text), so no query sees its own answer. All prompts
+    then share the demonstrations as a common prefix, which scoring encodes once
+    (:mod:`taskvec.eval.prefix`).
+    """
+    _check_k(k)
+    if k == 0:
+        return [task.prompt(q) for q in queries]
+    pool = pool if isinstance(pool, Sequence) else list(pool)
+    qprompts = {task.prompt(q) for q in queries}
+    qkeys = {repr(sorted(q.items())) for q in queries}
+
+    def ok(d: dict) -> bool:
+        return task.prompt(d) not in qprompts and repr(sorted(d.items())) not in qkeys
+
+    rng = random.Random(f"taskvec-fewshot-shared:{seed}")
+    demos = _demos(task, pool, _pick(pool, k, ok, rng), ok, rng, shuffle_labels)
+    head = task.separator.join(demos) + task.separator
+    return [head + task.prompt(q) for q in queries]
+
+
+#: how demonstrations are chosen: a fresh seeded set per query, or one set shared by all
+DEMO_MODES: dict[str, Callable[..., list[str]]] = {
+    "per-query": fewshot_prompts,
+    "shared": shared_fewshot_prompts,
+}
