@@ -392,3 +392,34 @@ def test_lr_schedules():
     assert lr_at(10, 1.0, 10, "linear", 110) == 1.0
     assert lr_at(60, 1.0, 10, "linear", 110) == 0.5
     assert lr_at(110, 1.0, 10, "linear", 110) == 0.0
+
+
+def test_length_groups_hand_computed():
+    from taskvec.weights.finetune_data import length_groups
+
+    assert length_groups([10, 100, 10, 100], overhead=5) == [[1, 3], [0, 2]]  # 2*100+5 + 2*10+5 < 4*100+5
+    assert length_groups([10, 100, 10, 100], overhead=1000) == [[1, 3, 0, 2]]
+    g = length_groups([7, 3, 9, 9, 1, 30, 2, 5], overhead=4)
+    assert sorted(i for grp in g for i in grp) == list(range(8))
+    assert length_groups([5], overhead=0) == [[0]]
+
+
+def test_grouped_backward_equals_one_padded_batch():
+    """Same mean answer loss and gradient as the single left-padded batch (float tolerance)."""
+    from taskvec.weights.finetune_data import answer_loss, collate, encode_example, grouped_backward
+
+    model, tok = tiny_model("llama", seed=0)
+    task = FakeTask(12)
+    pairs = [encode_example(tok, task.prompt(r) + " extra" * (8 * (i % 4)), task.answer(r), 256)
+             for i, r in enumerate(task.rows)]
+    from taskvec.weights.finetune_data import length_groups
+
+    assert len(length_groups([len(p) + len(a) for p, a in pairs])) > 1  # the split path runs
+    loss, n = answer_loss(model, collate(pairs, 0))
+    loss.backward()
+    ref = {k: p.grad.clone() for k, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    loss2, n2 = grouped_backward(model, pairs, 0, torch.device("cpu"), True, True)
+    assert n2 == n and float(loss2) == pytest.approx(float(loss), rel=1e-5)
+    for k, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, ref[k], rtol=1e-4, atol=1e-6)

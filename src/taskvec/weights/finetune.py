@@ -62,6 +62,7 @@ from taskvec.weights.finetune_data import (
     answer_loss,
     collate,
     encode_example,
+    grouped_backward,
 )
 from taskvec.weights.finetune_options import (
     DEFAULT_TARGETS,
@@ -101,24 +102,6 @@ _RESUME_KEYS = (
 )
 
 StepCallback = Callable[[int, float], None]
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 # -- result --------------------------------------------------------------------------------
@@ -231,6 +214,7 @@ def finetune(
     fsdp: bool = False,
     holdout: int = 0,
     holdout_seed: int = 0,
+    length_grouping: bool = True,
 ) -> FinetuneResult:
     """Fine-tune ``model`` on ``task``'s train split; write ``out_dir/adapter`` (or ``model``).
 
@@ -246,6 +230,9 @@ def finetune(
     the train split minus its seeded held-out slice of ``N`` (split ``train_fit``), recorded in
     the recipe so that ``search``/``negate`` choose coefficients on examples never trained on
     (:mod:`taskvec.weights.protocol`); ``taskvec finetune`` holds out 200 by default.
+    ``length_grouping`` (default on, single process): each batch runs as micro-batches of
+    similar length (:func:`~taskvec.weights.finetune_data.length_groups`), accumulating the same
+    mean-loss gradient with less padding; the batches and the data order do not change.
     """
     from tqdm.auto import tqdm
 
@@ -295,6 +282,7 @@ def finetune(
         "train_examples": len(examples), "base_model": model_name(model),
         "base_fingerprint": fingerprint(model),
     }
+    config["batching"] = "length-grouped" if length_grouping and world_size == 1 else "padded"
     if holdout:  # only then, so runs started before this option still resume
         config |= {"holdout": holdout, "holdout_seed": holdout_seed}
     ckpt = latest_checkpoint(out / CHECKPOINTS) if resume else None
@@ -325,7 +313,7 @@ def finetune(
             lr=lr, warmup_steps=warmup_steps, schedule=schedule, weight_decay=weight_decay,
             max_grad_norm=max_grad_norm, max_length=max_length, seed=seed,
             checkpoint_every=checkpoint_every, progress=progress and rank == 0, callback=callback, tqdm=tqdm,
-            rank=rank, world_size=world_size, fsdp=fsdp,
+            rank=rank, world_size=world_size, fsdp=fsdp, group_rows=length_grouping,
         )
         train_model.eval()
         target_dir = out / ("model" if full else "adapter")
@@ -374,7 +362,7 @@ def _train(
     weight_decay: float,
     max_grad_norm: float | None, max_length: int, seed: int, checkpoint_every: int,
     progress: bool, callback: StepCallback | None, tqdm: Any, rank: int = 0, world_size: int = 1,
-    fsdp: bool = False,
+    fsdp: bool = False, group_rows: bool = True,
 ) -> tuple[list[float], float]:
     """The training loop; returns (per-step losses, cumulative seconds).
 
@@ -428,7 +416,7 @@ def _train(
                     if i not in encoded:
                         ex = examples[i]
                         encoded[i] = encode_example(tok, task.prompt(ex), task.answer(ex), max_length)
-                tb = collate([encoded[i] for i in idx], pad).to(device)
+                pairs = [encoded[i] for i in idx]
                 cur_lr = lr_at(step, lr, warmup_steps, schedule, steps)
                 for group in opt.param_groups:
                     group["lr"] = cur_lr
@@ -436,12 +424,13 @@ def _train(
                 with torch.random.fork_rng(devices=rng_devices):
                     torch.manual_seed(step_seed(seed, step))  # dropout, if the model has any
                     if world_size > 1:
+                        tb = collate(pairs, pad).to(device)
                         n_global = dist.all_reduce_sum(torch.tensor([float((tb.labels != -100).sum())]))
                         # DDP averages gradients over ranks: scale by world_size to get the sum
                         loss, n_tok = answer_loss(net, tb, keep_logits, float(n_global) / world_size)
+                        loss.backward()
                     else:
-                        loss, n_tok = answer_loss(net, tb, keep_logits)
-                    loss.backward()
+                        loss, n_tok = grouped_backward(net, pairs, pad, device, keep_logits, group_rows)
                 if world_size > 1:  # the global batch's mean loss, the same on every rank
                     value = float(dist.all_reduce_sum(loss.detach().reshape(1).cpu())) / world_size
                     n_tok = int(n_global)
