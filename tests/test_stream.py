@@ -34,7 +34,7 @@ from taskvec.models.fingerprint import fingerprint, fingerprint_tensors
 from taskvec.models.tiny import tiny_model
 from taskvec.weights import LowRankDelta, TaskVector
 from taskvec.weights.stream_apply import plan_shards, stream_apply, stream_apply_report
-from tolerance import matmul_atol, ulp
+from tolerance import reduction_atol, ulp
 
 SCALE = 0.7
 
@@ -78,9 +78,10 @@ def _lowrank_vector(base: Path, seed: int = 2) -> TaskVector:
 
 
 def _assert_matches_in_memory(base: Path, out: Path, vector: TaskVector, scale: float) -> None:
-    """Dense deltas: the same elementwise ops, so bitwise. Low-rank deltas: B @ A may be computed
-    in row blocks by other matmul kernels, so each entry (a length-r dot product) may round
-    differently: bound 2 gamma_r |scale| (|B| @ |A|), plus one ulp of the sum."""
+    """Dense deltas: the same elementwise ops, so bitwise. Low-rank deltas: ``addmm(base, B, A)``
+    may be computed in row blocks by other matmul kernels, so each entry (a length-(r + 1) sum:
+    the base value and r products) may round differently: bound 2 gamma_(r+1) (|p| +
+    |scale| (|B| @ |A|)), plus one ulp of the result."""
     expected = vector.apply_to(_load(base), scale)
     got = dict(_load(out).named_parameters())
     for name, p in expected.named_parameters():
@@ -88,7 +89,8 @@ def _assert_matches_in_memory(base: Path, out: Path, vector: TaskVector, scale: 
         diff = (got[name].float() - p.float()).abs()
         delta = vector.deltas.get(name)
         if isinstance(delta, LowRankDelta):
-            tol = abs(scale * delta.scale) * matmul_atol(delta.B, delta.A) + ulp(p)
+            terms = p.detach().abs().double() + abs(scale * delta.scale) * (delta.B.abs().double() @ delta.A.abs().double())
+            tol = reduction_atol(delta.rank + 1, terms).float() + ulp(p.detach())
             assert (diff <= tol).all(), f"{name}: max diff {diff.max()} over the rounding bound"
         else:
             assert torch.equal(got[name], p), f"{name}: max diff {diff.max()}"

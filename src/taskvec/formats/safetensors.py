@@ -220,6 +220,27 @@ class SafetensorsReader:
         buf = self._read(begin + start * row, (stop - start) * row)
         return buf.view(DTYPE_FROM_ST[spec.dtype]).reshape((stop - start, *spec.shape[1:]))
 
+    def get_elements(self, name: str, flat_idx: Sequence[int]) -> torch.Tensor:
+        """Elements ``flat_idx`` of one tensor (flattened), through a read-only memory map: no
+        system call per element, only the touched pages are read (fingerprint samples)."""
+        import mmap
+
+        spec = self.specs[name]
+        size = dtype_size(spec.dtype)
+        begin, end = self._offsets[name]
+        self.open()
+        assert self._fd is not None
+        if os.fstat(self._fd).st_size < self._data_start + end:
+            raise FileFormatError(f"{self.path} is truncated: re-create or re-download it.")
+        out = bytearray(len(flat_idx) * size)
+        if flat_idx:
+            with mmap.mmap(self._fd, 0, access=mmap.ACCESS_READ) as mm:
+                base = self._data_start + begin
+                for j, k in enumerate(flat_idx):
+                    out[j * size:(j + 1) * size] = mm[base + k * size: base + (k + 1) * size]
+        return torch.frombuffer(out, dtype=torch.uint8).view(DTYPE_FROM_ST[spec.dtype]) if out else \
+            torch.empty(0, dtype=DTYPE_FROM_ST[spec.dtype])
+
 
 
 

@@ -8,7 +8,6 @@ safetensors directory lazily (headers plus a few rows), never the whole model.
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Callable, Iterator, Mapping
 from os import PathLike
 from pathlib import Path
@@ -65,16 +64,8 @@ def reader_entries(readers: Mapping[str, SafetensorsReader]) -> Iterator[tuple[s
     for name, r in readers.items():
         spec = r.specs[name]
 
-        def fetch(idx: list[int], r: SafetensorsReader = r, name: str = name,
-                  shape: tuple[int, ...] = spec.shape) -> torch.Tensor:
-            if len(shape) <= 1:
-                return r.get_tensor(name).reshape(-1)[idx]
-            row = math.prod(shape[1:])
-            rows: dict[int, torch.Tensor] = {}
-            for k in idx:  # read only the rows holding sampled elements
-                if k // row not in rows:
-                    rows[k // row] = r.get_rows(name, k // row, k // row + 1).reshape(-1)
-            return torch.stack([rows[k // row][k % row] for k in idx])
+        def fetch(idx: list[int], r: SafetensorsReader = r, name: str = name) -> torch.Tensor:
+            return r.get_elements(name, idx)  # only the sampled elements (memory-mapped)
 
         yield name, (spec.shape, DTYPE_FROM_ST[spec.dtype], fetch)
 

@@ -68,10 +68,10 @@ def _cache_key(gguf: Path) -> str:
 
 def _convert_gguf(gguf: Path, out: Path) -> Path:
     """De-quantize a GGUF file into a safetensors HF directory at ``out`` (atomically)."""
+    if out.is_dir() and (out / "config.json").exists():  # cached: no transformers import (seconds)
+        return out
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if out.is_dir() and (out / "config.json").exists():
-        return out
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from taskvec.errors import NonFiniteError, ShapeMismatchError
-from taskvec.weights.lowrank import LowRankDelta, same_delta
+from taskvec.weights.lowrank import add_scaled_, same_delta
 
 if TYPE_CHECKING:
     from taskvec.weights.vector import TaskVector
@@ -62,16 +62,11 @@ def apply_in_place(vector: TaskVector, model: Any, scale: float = 1.0) -> None:
         if name not in params:  # the tied alias of a parameter already updated
             continue
         p = params[name]
-        if isinstance(delta, LowRankDelta):
-            A = delta.A.to(p.device, torch.float32)
-            B = delta.B.to(p.device, torch.float32)
-            upd = (B @ A) * (delta.scale * scale)  # (out, in)
-        else:
-            upd = delta.to(p.device, torch.float32) * scale
-        if p.dtype == torch.float32:
-            p.add_(upd)
-        else:  # add in fp32, round once
-            p.copy_((p.float() + upd).to(p.dtype))
+        with torch.no_grad():
+            if p.dtype == torch.float32:
+                add_scaled_(p.data, delta, scale)
+            else:  # add in fp32, round once
+                p.copy_(add_scaled_(p.data, delta, scale))
 
 
 def check_fingerprint(vector: TaskVector, model_or_dir: Any, force: bool = False) -> None:

@@ -113,3 +113,42 @@ def same_delta(a: Delta, b: Delta) -> bool:
         a = a.to_dense() if isinstance(a, LowRankDelta) else a
         b = b.to_dense() if isinstance(b, LowRankDelta) else b
     return tuple(a.shape) == tuple(b.shape) and torch.equal(a.float(), b.float())
+
+
+_F32_MAX = 3.0e38
+
+
+def add_scaled_(t: torch.Tensor, delta: torch.Tensor | LowRankDelta, scale: float,
+                check_finite: bool = False) -> torch.Tensor:
+    """``t + scale * delta``, computed in float32 and rounded once to ``t``'s dtype.
+
+    The one implementation of "add a delta" that in-memory application
+    (``TaskVector.apply_to``) and streaming application (``taskvec apply``) share, so their
+    results are equal by construction. A float32 ``t`` is updated in place and returned; other
+    dtypes return a new tensor. Low-rank deltas go through one fused ``addmm`` (no dense
+    product buffer, no separate scale and add passes). ``check_finite`` raises
+    ``NonFiniteError`` when the delta holds NaN/Inf (low-rank: checked on the factors, plus a
+    bound that rules out overflow of the product; dense: one reduction).
+    """
+    from taskvec.errors import NonFiniteError
+
+    if isinstance(delta, LowRankDelta):
+        A = delta.A.to(t.device, torch.float32)  # (r, in)
+        B = delta.B.to(t.device, torch.float32)  # (out, r)
+        alpha = delta.scale * scale
+        if check_finite:
+            ok = bool(torch.isfinite(A).all()) and bool(torch.isfinite(B).all())
+            bound = float(A.abs().amax()) * float(B.abs().amax()) * A.shape[0] * abs(alpha) if A.numel() * B.numel() else 0.0
+            if ok and bound >= _F32_MAX:
+                ok = bool(torch.isfinite(B @ A).all())  # the product could overflow: look at it
+            if not ok:
+                raise NonFiniteError("the vector contains NaN or Inf: it is corrupt; rebuild it.")
+        if t.dtype == torch.float32:
+            return t.addmm_(B, A, alpha=alpha)
+        return torch.addmm(t.float(), B, A, alpha=alpha).to(t.dtype)
+    d = delta.to(t.device, torch.float32)
+    if check_finite and not bool(torch.isfinite(d.sum())) and not bool(torch.isfinite(d).all()):
+        raise NonFiniteError("the vector contains NaN or Inf: it is corrupt; rebuild it.")
+    if t.dtype == torch.float32:
+        return t.add_(d, alpha=scale)
+    return t.float().add_(d, alpha=scale).to(t.dtype)

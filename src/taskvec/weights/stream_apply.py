@@ -7,7 +7,10 @@ to the tensor's own dtype, and appends the block to the output through
 :class:`~taskvec.formats.StreamingSafetensorsWriter`, whose header (names,
 dtypes, shapes, offsets) is known up front from the input headers. A vector file is read
 lazily the same way. Peak memory is the interpreter plus a few row blocks, whatever the model
-size (see docs/benchmarks.md); the result is bitwise equal to ``TaskVector.apply_to``.
+size (see docs/benchmarks.md). The arithmetic is ``TaskVector.apply_to``'s (both call
+:func:`~taskvec.weights.lowrank.add_scaled_`: one fused ``addmm`` for a low-rank delta): dense
+deltas give bitwise the same result; low-rank ones the same up to the rounding of each entry's
+(r + 1)-term sum when row blocks run other matmul kernels.
 
 Everything is validated before anything is written (names, shapes, tied heads, scale,
 fingerprint, output path). The output directory is built in a hidden temp directory next to
@@ -46,7 +49,7 @@ from taskvec.formats import (
 )
 from taskvec.io_utils import atomic_dir
 from taskvec.models.fingerprint import check_fingerprint, fingerprint_tensors
-from taskvec.weights.lowrank import LowRankDelta, same_delta
+from taskvec.weights.lowrank import add_scaled_, same_delta
 from taskvec.weights.vector import TaskVector
 from taskvec.weights.vector_source import VectorSource, open_source
 
@@ -101,24 +104,6 @@ class ApplyReport:
 def vector_source(vector: TaskVector | str | os.PathLike) -> VectorSource:
     """A lazy, tensor-by-tensor view of a task vector (:func:`taskvec.weights.vector_source.open_source`)."""
     return open_source(vector)
-
-
-def _update(delta: torch.Tensor | LowRankDelta, scale: float, owned: bool) -> torch.Tensor:
-    """``scale * delta`` as float32, with the same arithmetic as ``TaskVector.apply_to``.
-
-    ``owned``: the dense delta was just read for this call and may be scaled in place (saves
-    one tensor-sized buffer; in-place and out-of-place products round identically).
-    """
-    if isinstance(delta, LowRankDelta):
-        upd = (delta.B.to(torch.float32) @ delta.A.to(torch.float32)).mul_(delta.scale * scale)
-    elif owned and delta.dtype == torch.float32:
-        upd = delta.mul_(scale)
-    else:
-        upd = delta.to(torch.float32) * scale
-    # NaN/Inf anywhere makes the sum non-finite (cheap); confirm element-wise only then.
-    if not bool(torch.isfinite(upd.sum())) and not bool(torch.isfinite(upd).all()):
-        raise NonFiniteError("the vector contains NaN or Inf: it is corrupt; rebuild it.")
-    return upd
 
 
 # -- the base directory ---------------------------------------------------------------------
@@ -234,17 +219,12 @@ def _parts(spec: TensorSpec, reader: SafetensorsReader, source: VectorSource, sc
         if changed:
             d = source.get(name) if rng is None else source.get_rows(name, *rng)
             try:
-                upd = _update(d, scale, owned=source.lazy)
+                t = add_scaled_(t, d, scale, check_finite=True)  # float32: in place; else rounded once
             except NonFiniteError:
                 raise NonFiniteError(
                     f'the vector\'s delta for "{name}" contains NaN or Inf: it is corrupt; rebuild it.'
                 ) from None
             del d
-            if t.dtype == torch.float32:
-                t.add_(upd)
-            else:  # add in float32, round once
-                t = (t.float() + upd).to(t.dtype)
-            del upd
         yield t
         del t
 
