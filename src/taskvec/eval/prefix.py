@@ -77,15 +77,39 @@ class SharedPrefix:
             ids[i, : len(s)] = torch.tensor(list(s), dtype=torch.long)
             mask[i, self.length: self.length + len(s)] = 1
         pos = (self.length + torch.arange(width))[None].expand(n, width)  # (B, S)
-        cache = copy.deepcopy(self.cache)
-        if n > 1:
-            cache.batch_repeat_interleave(n)  # (1, H, P, D) -> (B, H, P, D) per layer
+        cache = _expanded(self.cache, n)
+        lengths = torch.tensor([len(s) for s in suffixes])
+        cols = lengths[:, None] - keep + torch.arange(keep)[None]  # (B, keep): positions to score
+        kwargs: dict[str, Any] = {}
+        if _keep_kwargs(self.model, 1):  # the LM head only at the positions some row needs
+            wanted = torch.unique(cols)  # (K,) sorted; few, since batches are length-sorted
+            kwargs["logits_to_keep"] = wanted.to(dev)
+            cols = torch.searchsorted(wanted, cols)
         out = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
-                         use_cache=True, **cache_kwargs(self.model, cache), **_keep_kwargs(self.model, width))
-        logits = out.logits[:, -width:, :]  # (B, S, V)
-        lengths = torch.tensor([len(s) for s in suffixes], device=logits.device)
-        cols = lengths[:, None] - keep + torch.arange(keep, device=logits.device)[None]  # (B, keep)
-        return logits[torch.arange(n, device=logits.device)[:, None], cols].float()  # (B, keep, V)
+                         use_cache=True, **cache_kwargs(self.model, cache), **kwargs)
+        logits = out.logits  # (B, K or S, V)
+        rows = torch.arange(n, device=logits.device)[:, None]
+        return logits[rows, cols.to(logits.device)].float()  # (B, keep, V)
+
+
+def _expanded(cache: Any, n: int) -> Any:
+    """A cache whose per-layer keys/values are the prefix's broadcast over ``n`` rows, copy-free
+    ((1, H, P, D) -> expand -> (B, H, P, D) views; the model's own update concatenates them with
+    the suffix's keys, the only copy). Caches without per-layer tensors get a real repeat."""
+    layers = getattr(cache, "layers", None)
+    if not isinstance(layers, list) or not all(hasattr(x, "keys") and hasattr(x, "values") for x in layers):
+        out = copy.deepcopy(cache)
+        if n > 1:
+            out.batch_repeat_interleave(n)
+        return out
+    out = copy.copy(cache)
+    out.layers = [copy.copy(x) for x in layers]
+    for x in out.layers:  # new attributes on copies; the shared prefix tensors are never written
+        for attr in ("keys", "values"):
+            t = getattr(x, attr)
+            if isinstance(t, torch.Tensor) and t.dim() == 4:
+                setattr(x, attr, t.expand(n, -1, -1, -1))
+    return out
 
 
 def _keep_kwargs(model: Any, keep: int) -> dict[str, Any]:
