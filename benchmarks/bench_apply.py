@@ -25,6 +25,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +160,31 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
+def io_baseline(inputs: list[Path], out_bytes: int, work: Path, chunk: int = 16 * 2**20) -> float:
+    """Seconds to read ``inputs`` (warm: from the page cache) and write ``out_bytes`` to a file
+    (no fsync), in 16 MiB chunks: the I/O an apply cannot avoid, measured in the same run."""
+    buf = bytearray(chunk)
+    view = memoryview(buf)
+
+    def read_all() -> None:
+        for f in inputs:
+            with open(f, "rb", buffering=0) as fh:
+                while fh.readinto(view):
+                    pass
+
+    read_all()  # warm the page cache, as the apply runs found it
+    tmp = work / "io-baseline.tmp"
+    t0 = time.perf_counter()
+    read_all()
+    with open(tmp, "wb", buffering=0) as fh:
+        left = out_bytes
+        while left > 0:
+            left -= fh.write(view[: min(chunk, left)])
+    seconds = time.perf_counter() - t0
+    tmp.unlink()
+    return seconds
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m")
@@ -221,7 +247,19 @@ def main(argv: list[str] | None = None) -> int:
             r["error_tail"] = (work / f"{key}.log").read_text(errors="replace")[-2000:]
         results.append(r)
 
+    stream = next(r for r in results if r["key"] == "stream")
+    io_s = None
+    if stream["rc"] == 0:
+        try:  # the command's own time, without interpreter start and imports
+            log = (work / "stream.log").read_text(errors="replace")
+            stream["command_seconds"] = json.loads(log[log.index("{"):])["seconds"]
+        except (ValueError, KeyError):
+            pass
+        io_s = io_baseline([*model_safetensors_files(base), vec], stream["out_bytes"], work)
+        if "command_seconds" in stream:
+            stream["vs_io_baseline"] = round(stream["command_seconds"] / io_s, 2)
     report = {
+        "io_baseline_seconds": None if io_s is None else round(io_s, 3),
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine_info(),
         "model": args.model, "base_dir": str(base), "scale": args.scale,
@@ -241,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['method']:<56} {r['wall_s']:>7.1f} {rss:>13} {diff:>17}")
     if mk_note:
         print(f"mergekit: {mk_note}")
+    if io_s is not None and "command_seconds" in stream:
+        print(f"taskvec apply's own time {stream['command_seconds']:.2f} s vs reading + writing the bytes from the "
+              f"page cache {io_s:.2f} s: {stream['vs_io_baseline']}x")
     print(f"\nwrote {args.json_out}")
     return 0 if all(r["rc"] == 0 for r in results) else 1
 
