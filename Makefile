@@ -27,6 +27,10 @@ install: $(STAMP)
 demo: install
 	$(BIN)/taskvec demo
 
+# Speed benchmarks, one at a time, one table with ratios and the machine (docs/benchmarks.md).
+bench: install
+	$(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
+
 lint: install
 	$(BIN)/ruff check src tests benchmarks
 
