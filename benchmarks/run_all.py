@@ -76,11 +76,11 @@ def _kshot(d: dict[str, Any]) -> list[list[Any]]:
 
 
 def _train(d: dict[str, Any]) -> list[list[Any]]:
-    g = d["runs"]["length-grouped"]
+    g = d["runs"]["packed"]
     peak = max(d["gemm_peak_gflops"].values())
     return [["LoRA training (SmolLM2, batch 16, rank 8)", f"{g['tokens_per_s']} tokens/s, {g['useful_gflops']} GFLOP/s",
-             f"fp32 GEMM {peak} GFLOP/s: {g['fraction_of_peak']:.1%}; padded batches "
-             f"{d['runs']['padded']['seconds_per_step']} s/step vs {g['seconds_per_step']}", ">= 50%",
+             f"fp32 GEMM {peak} GFLOP/s: {g['fraction_of_peak']:.1%}; packed {g['seconds_per_step']} s/step, padded "
+             f"{d['runs']['padded']['seconds_per_step']}", ">= 50%",
              g["fraction_of_peak"] >= 0.5]]
 
 

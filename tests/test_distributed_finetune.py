@@ -34,7 +34,7 @@ def _finetune(model_dir, out, nproc=None, extra=(), launcher="torchrun"):
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     args = ["finetune", "--model", str(model_dir), "--task", "sst2", "--out", str(out), "--steps", str(STEPS),
             "--batch-size", "6", "--lr", str(LR), "--lora-r", "4", "--checkpoint-every", "2",
-            "--no-progress", "--json", *extra]
+            "--no-progress", "--json", "--holdout", "0", *extra]  # the FSDP worker trains on all of train too
     if nproc and launcher == "accelerate":  # --multi_gpu without GPUs runs gloo CPU processes
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(nproc),
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
@@ -42,8 +42,8 @@ def _finetune(model_dir, out, nproc=None, extra=(), launcher="torchrun"):
     elif nproc:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
                "--master_port", "29531", "-m", "taskvec", *args]
-    else:
-        cmd = [sys.executable, "-m", "taskvec", *args]
+    else:  # one process runs batches the way the distributed ones do (one padded batch per step)
+        cmd = [sys.executable, "-m", "taskvec", *args, "--batching", "padded"]
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     return p.stdout

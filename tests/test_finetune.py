@@ -406,7 +406,7 @@ def test_length_groups_hand_computed():
 
 def test_grouped_backward_equals_one_padded_batch():
     """Same mean answer loss and gradient as the single left-padded batch (float tolerance)."""
-    from taskvec.weights.finetune_data import answer_loss, collate, encode_example, grouped_backward
+    from taskvec.weights.finetune_data import encode_example
 
     model, tok = tiny_model("llama", seed=0)
     task = FakeTask(12)
@@ -415,11 +415,42 @@ def test_grouped_backward_equals_one_padded_batch():
     from taskvec.weights.finetune_data import length_groups
 
     assert len(length_groups([len(p) + len(a) for p, a in pairs])) > 1  # the split path runs
+    _assert_same_step(model, pairs, "length-grouped", rel=1e-5, rtol=1e-4, atol=1e-6)
+
+
+def _assert_same_step(model, pairs, batching, rel, rtol, atol):
+    """``grouped_backward(batching)`` gives the single padded batch's loss and gradients."""
+    from taskvec.weights.finetune_data import answer_loss, collate, grouped_backward
+
+    model.zero_grad(set_to_none=True)
     loss, n = answer_loss(model, collate(pairs, 0))
     loss.backward()
     ref = {k: p.grad.clone() for k, p in model.named_parameters()}
     model.zero_grad(set_to_none=True)
-    loss2, n2 = grouped_backward(model, pairs, 0, torch.device("cpu"), True, True)
-    assert n2 == n and float(loss2) == pytest.approx(float(loss), rel=1e-5)
+    loss2, n2 = grouped_backward(model, pairs, 0, torch.device("cpu"), True, batching)
+    assert n2 == n and float(loss2) == pytest.approx(float(loss.detach()), rel=rel)
     for k, p in model.named_parameters():
-        torch.testing.assert_close(p.grad, ref[k], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(p.grad, ref[k], rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", "gemma2", "gemma3", "qwen2", "gpt2"])
+def test_packed_batch_equals_padded_batch(arch):
+    """Packed rows (block-diagonal attention from position ids): the same loss and gradient."""
+    from taskvec.weights.finetune_data import encode_example
+    from taskvec.weights.finetune_pack import packed_batch, packing_supported
+
+    model, tok = tiny_model(arch, seed=0)
+    task = FakeTask(10)
+    pairs = [encode_example(tok, task.prompt(r) + " more" * (3 * (i % 3)), task.answer(r), 256)
+             for i, r in enumerate(task.rows)]
+    ids, pos, labels = packed_batch(pairs, 0, capacity=120)
+    assert ids.shape[0] > 1 and int((labels != -100).sum()) == sum(len(a) for _, a in pairs)
+    assert packing_supported(model, pairs, 0, True), arch
+    _assert_same_step(model, pairs, "packed", rel=1e-4, rtol=1e-3, atol=1e-5)
+
+
+def test_pack_rows_first_fit_decreasing():
+    from taskvec.weights.finetune_pack import pack_rows
+
+    assert pack_rows([5, 3, 4, 2], 7) == [[0, 3], [2, 1]]
+    assert pack_rows([9, 1], 4) == [[0], [1]]  # too long: a row of its own

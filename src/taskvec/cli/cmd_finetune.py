@@ -39,6 +39,9 @@ def register(sub: Any) -> None:
                    help=f"train examples held out for choosing coefficients (`taskvec search`/`negate` use "
                         f"them; default {DEFAULT_HOLDOUT} with the train split, 0 with another --split)")
     p.add_argument("--holdout-seed", type=int, default=0, help="seed of the held-out slice (default 0)")
+    p.add_argument("--batching", choices=["auto", "packed", "length-grouped", "padded"], default="auto",
+                   help="how each batch runs: auto (packed rows without padding when the model supports "
+                        "them, else length-grouped micro-batches), or one of those, or padded")
     p.add_argument("--checkpoint-every", type=int, default=50, help="checkpoint interval in steps (0: never)")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep OUT/checkpoints/ after training")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
@@ -95,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed, max_length=args.max_length, checkpoint_every=args.checkpoint_every,
         resume=args.resume, progress=show_progress(args), split=split,
         warmup_steps=args.warmup_steps, schedule=args.schedule, keep_checkpoints=args.keep_checkpoints,
-        fsdp=args.fsdp, holdout=holdout, holdout_seed=args.holdout_seed,
+        fsdp=args.fsdp, holdout=holdout, holdout_seed=args.holdout_seed, batching=args.batching,
     )
     saved = res.model_dir if args.full else res.adapter_dir
     accuracy = None

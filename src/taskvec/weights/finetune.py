@@ -75,6 +75,7 @@ from taskvec.weights.finetune_options import (
     resolve_targets,
     step_seed,
 )
+from taskvec.weights.finetune_pack import choose_batching
 
 __all__ = [
     "DEFAULT_TARGETS",
@@ -214,7 +215,7 @@ def finetune(
     fsdp: bool = False,
     holdout: int = 0,
     holdout_seed: int = 0,
-    length_grouping: bool = True,
+    batching: str = "auto",
 ) -> FinetuneResult:
     """Fine-tune ``model`` on ``task``'s train split; write ``out_dir/adapter`` (or ``model``).
 
@@ -230,9 +231,11 @@ def finetune(
     the train split minus its seeded held-out slice of ``N`` (split ``train_fit``), recorded in
     the recipe so that ``search``/``negate`` choose coefficients on examples never trained on
     (:mod:`taskvec.weights.protocol`); ``taskvec finetune`` holds out 200 by default.
-    ``length_grouping`` (default on, single process): each batch runs as micro-batches of
-    similar length (:func:`~taskvec.weights.finetune_data.length_groups`), accumulating the same
-    mean-loss gradient with less padding; the batches and the data order do not change.
+    ``batching``: ``"auto"`` (default) runs each batch packed, several examples per row with no
+    padding (:mod:`~taskvec.weights.finetune_pack`), when the model honours packed position ids
+    (checked on real examples), else as ``"length-grouped"`` micro-batches; ``"padded"`` is one
+    left-padded batch (also what data parallelism uses). The same mean-loss gradient, batches
+    and data order either way (``recipe.batching`` says which ran).
     """
     from tqdm.auto import tqdm
 
@@ -282,7 +285,8 @@ def finetune(
         "train_examples": len(examples), "base_model": model_name(model),
         "base_fingerprint": fingerprint(model),
     }
-    config["batching"] = "length-grouped" if length_grouping and world_size == 1 else "padded"
+    config["batching"] = choose_batching(model, tok, task, examples, max_length,
+                                         batching if world_size == 1 else "padded")
     if holdout:  # only then, so runs started before this option still resume
         config |= {"holdout": holdout, "holdout_seed": holdout_seed}
     ckpt = latest_checkpoint(out / CHECKPOINTS) if resume else None
@@ -313,7 +317,7 @@ def finetune(
             lr=lr, warmup_steps=warmup_steps, schedule=schedule, weight_decay=weight_decay,
             max_grad_norm=max_grad_norm, max_length=max_length, seed=seed,
             checkpoint_every=checkpoint_every, progress=progress and rank == 0, callback=callback, tqdm=tqdm,
-            rank=rank, world_size=world_size, fsdp=fsdp, group_rows=length_grouping,
+            rank=rank, world_size=world_size, fsdp=fsdp, batching=config["batching"],
         )
         train_model.eval()
         target_dir = out / ("model" if full else "adapter")
@@ -362,7 +366,7 @@ def _train(
     weight_decay: float,
     max_grad_norm: float | None, max_length: int, seed: int, checkpoint_every: int,
     progress: bool, callback: StepCallback | None, tqdm: Any, rank: int = 0, world_size: int = 1,
-    fsdp: bool = False, group_rows: bool = True,
+    fsdp: bool = False, batching: str = "length-grouped",
 ) -> tuple[list[float], float]:
     """The training loop; returns (per-step losses, cumulative seconds).
 
@@ -430,7 +434,7 @@ def _train(
                         loss, n_tok = answer_loss(net, tb, keep_logits, float(n_global) / world_size)
                         loss.backward()
                     else:
-                        loss, n_tok = grouped_backward(net, pairs, pad, device, keep_logits, group_rows)
+                        loss, n_tok = grouped_backward(net, pairs, pad, device, keep_logits, batching)
                 if world_size > 1:  # the global batch's mean loss, the same on every rank
                     value = float(dist.all_reduce_sum(loss.detach().reshape(1).cpu())) / world_size
                     n_tok = int(n_global)

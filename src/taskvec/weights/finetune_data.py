@@ -157,18 +157,30 @@ def length_groups(lengths: Sequence[int], overhead: int = GROUP_OVERHEAD_TOKENS)
 
 
 def grouped_backward(net: Any, pairs: list[tuple[list[int], list[int]]], pad: int, device: Any, keep_logits: bool,
-                  group_rows: bool) -> tuple[torch.Tensor, int]:
-    """Forward + backward of one batch, as length-grouped micro-batches when ``group_rows``.
+                     batching: str = "length-grouped") -> tuple[torch.Tensor, int]:
+    """Forward + backward of one batch; returns (the batch's mean answer loss, its token count).
 
-    Each micro-batch's summed answer loss is divided by the whole batch's answer-token count,
-    so the accumulated gradient is the batch's mean-loss gradient (up to float summation order)
-    with far fewer padded tokens. Returns (the batch's mean loss, its answer-token count).
+    ``batching``: ``"packed"`` (:mod:`taskvec.weights.finetune_pack`: one forward, no padding),
+    ``"length-grouped"`` (micro-batches of similar length) or ``"padded"`` (one left-padded
+    batch). Every micro-batch's summed loss is divided by the whole batch's answer-token count,
+    so the accumulated gradient is the batch's mean-loss gradient (up to float summation order).
     """
-    groups = length_groups([len(p) + len(a) for p, a in pairs]) if group_rows else [list(range(len(pairs)))]
     n_tok = sum(len(a) for _, a in pairs)
+    if batching == "packed":
+        from taskvec.weights.finetune_pack import packed_loss
+
+        loss, _ = packed_loss(net, pairs, pad, device, keep_logits, float(n_tok))
+        loss.backward()
+        return loss.detach(), n_tok
+    groups = length_groups([len(p) + len(a) for p, a in pairs]) if batching == "length-grouped" \
+        else [list(range(len(pairs)))]
     total = torch.zeros((), device=device)
     for g in groups:
         loss, _ = answer_loss(net, collate([pairs[i] for i in g], pad).to(device), keep_logits, float(n_tok))
         loss.backward()
         total = total + loss.detach()
     return total, n_tok
+
+
+#: how a training batch is run (``recipe.batching``)
+BATCHINGS = ("packed", "length-grouped", "padded")
