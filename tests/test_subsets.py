@@ -93,3 +93,32 @@ def test_sampled_eval_equals_eval_on_the_same_examples(tiny_dir, sorted_task):
     rows = task.load("validation")
     b = evaluate(model, tok, task, examples=[rows[i] for i in sample_indices(len(rows), 12, 2)], progress=False)
     assert a.predictions == b.predictions and a.correct == b.correct and a.n == 12
+
+
+def test_eval_vs_base_paired_test(capsys, tiny_dir, tmp_path):
+    import torch
+
+    from taskvec.eval.stats import mcnemar
+    from taskvec.models import fingerprint, load_model
+    from taskvec.weights import TaskVector
+
+    model, _ = load_model(str(tiny_dir))
+    g = torch.Generator().manual_seed(0)
+    deltas = {n: torch.randn(p.shape, generator=g) * 0.2 for n, p in model.named_parameters() if p.dim() == 2}
+    vec = TaskVector(deltas, {"base_fingerprint": fingerprint(tiny_dir)}).save(tmp_path / "v.safetensors")
+    common = ["--model", tiny_dir, "--task", "sst2", "--limit", 16, "--no-progress"]
+    code, out, err = run_cli(capsys, "eval", *common, "--vector", vec, "--vs-base", "--json")
+    assert code == 0, err
+    res = json.loads(out)
+    _, base_out, _ = run_cli(capsys, "eval", *common, "--json")
+    plain = json.loads(base_out)
+    assert res["base"]["accuracy"] == plain["accuracy"]  # the vector was taken off again
+    code, out, _ = run_cli(capsys, "eval", *common, "--vector", vec, "--json")
+    with_vec = json.loads(out)
+    assert res["accuracy"] == with_vec["accuracy"]
+    assert res["vs_base"]["n"] == 16 and 0 <= res["vs_base"]["p_value"] <= 1
+    code, out, _ = run_cli(capsys, "eval", *common, "--vector", vec, "--vs-base")
+    assert code == 0 and "exact McNemar p =" in out
+    code, _, err = run_cli(capsys, "eval", *common, "--vs-base")
+    assert code == 2 and "--vector" in err
+    assert mcnemar([True, False], [True, True]).only_b == 1
