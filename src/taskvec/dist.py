@@ -45,6 +45,20 @@ def _shutdown() -> None:
         pass
 
 
+def finish() -> None:
+    """End of a command under torchrun: wait for every rank (rank 0 may still be writing), then
+    shut the process group down, so no rank exits with gloo's threads still running. A no-op in
+    a single process or when the group was never started."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+        _shutdown()
+
+
 def is_main() -> bool:
     """True on rank 0 (and in a single process): only it prints and writes files."""
     return world()[0] == 0

@@ -82,7 +82,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         with one_line_warnings(args.command):
-            return int(args.func(args) or 0)
+            code = int(args.func(args) or 0)
+        started = sys.modules.get("taskvec.dist")  # never imported: no process group was started
+        if started is not None:
+            started.finish()  # under torchrun: every rank leaves together
+        return code
     except TaskVecError as exc:
         if debug:
             traceback.print_exc()
