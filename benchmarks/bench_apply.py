@@ -112,7 +112,9 @@ def run_measured(cmd: list[str], log: Path) -> dict[str, Any]:
         subprocess.run([sys.executable, "-S", "-c", _LAUNCHER, str(stats), *cmd],
                        stdout=fh, stderr=subprocess.STDOUT, cwd=REPO, check=False)
     st = json.loads(stats.read_text())
-    return {"cmd": cmd, "rc": st["rc"], "wall_s": round(st["wall_s"], 2),
+    shown = [str(Path(c).relative_to(REPO)) if Path(c).is_absolute() and Path(c).is_relative_to(REPO) else c
+             for c in map(str, cmd)]  # no paths of this machine in the results
+    return {"cmd": shown, "rc": st["rc"], "wall_s": round(st["wall_s"], 2),
             "peak_rss_bytes": int(st["maxrss_kib"]) * 1024, "log": str(log)}
 
 
@@ -267,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         "mergekit_note": mk_note, "results": results,
     }
     args.json_out.parent.mkdir(parents=True, exist_ok=True)
-    args.json_out.write_text(json.dumps(report, indent=2) + "\n")
+    text = json.dumps(report, indent=2).replace(str(Path.home()), "~")  # no home directory in results
+    args.json_out.write_text(text + "\n")
 
     mib = 2**20
     print(f"\nmodel {args.model}: {model_bytes / mib:.0f} MiB of safetensors, largest tensor "

@@ -50,17 +50,10 @@ def write_base(d: Path, layers: int, shard_bytes: int = 4 * 2**30) -> list[Path]
     import torch
 
     from taskvec.formats import StreamingSafetensorsWriter, TensorSpec
+    from taskvec.weights.stream_apply import plan_shards
 
     d.mkdir(parents=True, exist_ok=True)
-    all_specs = [TensorSpec(n, "BF16", s) for n, s in specs(layers)]
-    shards: list[list[TensorSpec]] = [[]]
-    size = 0
-    for s in all_specs:
-        if shards[-1] and size + s.nbytes > shard_bytes:
-            shards.append([])
-            size = 0
-        shards[-1].append(s)
-        size += s.nbytes
+    shards = plan_shards([TensorSpec(n, "BF16", s) for n, s in specs(layers)], shard_bytes)
     files, weight_map = [], {}
     for k, group in enumerate(shards):
         f = d / f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"

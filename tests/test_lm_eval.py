@@ -68,7 +68,7 @@ def test_exported_yaml_is_local_and_multiple_choice(tmp_path):
     assert len((tmp_path / f"{y.stem}.jsonl").read_text().splitlines()) == 3
 
 
-def test_cli_entry_point_registers_the_model(capsys):
+def test_cli_entry_point_registers_the_model():
     from lm_eval.api.registry import get_model
 
     import taskvec.integrations.lm_eval_harness as m
