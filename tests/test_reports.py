@@ -91,3 +91,32 @@ def test_activation_table_goal_numbers(tmp_path, capsys, monkeypatch):
     assert "| **mean** | | **0.050** | **0.600** | **0.200** | **0.450** |" in out
     # lift 0.45 - 0.05 = +40.0 points; 0.45 / 0.60 = 75.0% of ICL
     assert "residual (diff): lifts zero-shot by +40.0 points; 75.0% of 10-shot ICL" in out
+
+
+def test_soft_table_intervals_and_paired(tmp_path, capsys, monkeypatch):
+    """soft_table.py: Wilson intervals per cell, pooled micro accuracy and McNemar, by hand."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    sys.modules.pop("soft_table", None)
+    st = importlib.import_module("soft_table")
+    from taskvec.eval.stats import wilson
+
+    paths = []
+    for task, icl, soft in (("a", [1, 0, 0, 0], [1, 1, 1, 0]), ("b", [1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 1, 0])):
+        n = len(icl)
+        rows = [{"method": m, "kind": k, "accuracy": sum(c) / n, "n": n, "ci95": list(wilson(sum(c), n)),
+                 "correct": c, "params": p}
+                for m, k, c, p in (("zero-shot", "prompt", [0] * n, 0), ("10-shot ICL", "prompt", icl, 0),
+                                   ("soft task vector", "soft_task_vector", soft, 8))]
+        path = tmp_path / f"{task}.json"
+        path.write_text(json.dumps({"task": task, "rows": rows}))
+        paths.append(str(path))
+    st.main(paths)
+    out = capsys.readouterr().out
+    lo, hi = wilson(3, 4)
+    assert f"| a | 4 | 0.000 [0.000, {wilson(0, 4)[1]:.3f}] | 0.250 [" in out
+    assert f"0.750 [{lo:.3f}, {hi:.3f}] |" in out
+    # pooled soft: 8 of 10; ICL 3 of 10; soft-only 5, ICL-only 0 -> p = 2 / 2**5 = 0.0625
+    plo, phi = wilson(8, 10)
+    assert f"0.800 [{plo:.3f}, {phi:.3f}] (n=10)" in out
+    assert "| a | 10-shot ICL | 4 | +50.0 | 2 / 0 | 0.5 | no |" in out
+    assert "| **pooled** | | 10 | +50.0 | 5 / 0 | 0.062 | no |" in out

@@ -16,6 +16,7 @@ from taskvec.activations import (
     extract_function_vector,
     extract_residual_vector,
 )
+from taskvec.activations.evaluation import accuracy
 from taskvec.activations.soft import SoftConfig, TaskVectorExtractor, ValScore, split_plan
 from taskvec.activations.soft_compare import comparison_table, parse_shots
 from taskvec.activations.soft_vector import SoftTaskVector, load_soft
@@ -27,9 +28,11 @@ from taskvec.errors import (
     TaskVecError,
     UserInputError,
 )
+from taskvec.eval.stats import wilson
 from taskvec.models import fingerprint, get_adapter, tiny_model
 from taskvec.models.adapter import position_ids
 from taskvec.tasks import Task, get_task
+from taskvec.tasks.subsets import sample_indices
 from tolerance import assert_forward_close
 
 PROMPTS = ["Q: hot\nA:", "Q: a much longer question here\nA:", "Q: up\nA:"]
@@ -379,6 +382,26 @@ def test_comparison_table_all_methods(antonym) -> None:
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # LoRA row restored exactly
     assert parse_shots("") == [] and parse_shots("0,5,5") == [5]
+    # intervals and paired tests, recomputed from the per-example results
+    by = {r["method"]: r for r in rows}
+    for r in rows:
+        assert len(r["correct"]) == 6 and r["accuracy"] == pytest.approx(sum(r["correct"]) / 6)
+        assert tuple(r["ci95"]) == pytest.approx(wilson(sum(r["correct"]), 6))
+        assert r["subset"] == "first 6"
+        if r["kind"] == "prompt":
+            assert "vs_icl" not in r
+            continue
+        for key, ref in (("vs_zero_shot", "zero-shot"), ("vs_icl", "3-shot ICL")):
+            t = r[key]
+            assert t["against"] == ref
+            only_a = sum(1 for x, y in zip(r["correct"], by[ref]["correct"]) if x and not y)
+            assert t["only_a"] == only_a and t["n"] == 6
+            assert t["difference"] == pytest.approx(r["accuracy"] - by[ref]["accuracy"])
+    picked = comparison_table(model, tok, antonym, soft=sv, sample=5, seed=3, shots="")
+    want = [antonym.load("test")[i] for i in sample_indices(len(antonym.load("test")), 5, 3)]
+    assert picked[0]["n"] == 5 and picked[0]["subset"] == "sample 5 (seed 3)"
+    direct = accuracy(model, tok, antonym, want, sv.intervention(model), split="test")
+    assert picked[1]["correct"] == [int(c) for c in direct.correct]
     with pytest.raises(UserInputError, match="several tokens"):
         comparison_table(model, tok, get_task("sst2"), soft=sv, limit=2, shots=())
 
@@ -416,6 +439,12 @@ def test_cli_train_show_eval_compare(tiny_dir, tmp_path, capsys) -> None:
     code, text, _ = run(capsys, "soft", "compare", "--model", tiny_dir, "--task", "antonym", "--soft", out,
                         "--limit", 2, "--shots", "1", "--no-progress")
     assert code == 0 and "soft task vector" in text and "1-shot ICL" in text and "params" in text
+    assert "95% CI" in text and "vs ICL" in text and "examples: first 2" in text
+    code, text, _ = run(capsys, "soft", "compare", "--model", tiny_dir, "--task", "antonym", "--soft", out,
+                        "--sample", 3, "--seed", 1, "--shots", "1", "--no-progress", "--json")
+    assert code == 0
+    rows = json.loads(text)["rows"]
+    assert rows[0]["subset"] == "sample 3 (seed 1)" and rows[-1]["vs_icl"]["against"] == "1-shot ICL"
 
 
 @pytest.mark.parametrize(
@@ -435,6 +464,8 @@ def test_cli_train_show_eval_compare(tiny_dir, tmp_path, capsys) -> None:
         (["soft", "show", "missing.safetensors"], "does not exist"),
         (["soft", "compare", "--task", "antonym", "--soft", "missing.safetensors"], "does not exist"),
         (["soft", "compare", "--task", "antonym", "--shots", "a"], "--shots"),
+        (["soft", "compare", "--task", "antonym", "--sample", "0"], "--sample"),
+        (["soft", "compare", "--task", "antonym", "--sample", "3", "--limit", "2"], "--limit"),
         (["soft", "compare", "--task", "antonym", "--limit", "0"], "--limit"),
         (["soft", "compare", "--task", "antonym", "--split", "dev"], "split"),
     ],

@@ -11,6 +11,11 @@ weights for its row and the touched parameters are then restored exactly (copied
 ``params`` counts what the method learns or extracts and applies: 0 for prompting, ``hidden`` for
 a function / residual vector, L x H coefficients for a soft task vector, the stored values (LoRA
 factors) for a weight-space vector. ``stored`` counts the values its file holds.
+
+Every row carries ``n``, a 95% Wilson interval (``ci95``) and its per-example correctness
+(``correct``, 0/1 in example order); every vector row also carries exact McNemar tests on the same
+examples against zero-shot (``vs_zero_shot``) and against the ICL row with the most shots
+(``vs_icl``), so "better than ICL" is a paired claim, not a comparison of two intervals.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from taskvec.activations.evaluation import accuracy, load_examples
 from taskvec.activations.soft import report_split
 from taskvec.activations.soft_vector import SoftTaskVector, load_soft
 from taskvec.errors import UserInputError
+from taskvec.eval.stats import mcnemar, wilson
 
 __all__ = ["applied_weights", "comparison_table", "parse_shots"]
 
@@ -103,6 +109,7 @@ def comparison_table(
     lora: Any = None,
     limit: int | None = None,
     *,
+    sample: int | None = None,
     shots: Sequence[int] | str = (5, 10),
     split: str | None = None,
     seed: int = 0,
@@ -110,14 +117,16 @@ def comparison_table(
     progress: bool = False,
     force: bool = False,
 ) -> list[dict[str, Any]]:
-    """Rows ``{method, accuracy, params, stored, n, split, seconds, kind}`` on the test split.
+    """Rows ``{method, kind, accuracy, ci95, n, params, stored, split, subset, seconds, correct}``
+    on the test split, vector rows with paired tests ``vs_zero_shot`` / ``vs_icl`` (module doc).
 
     ``fv`` / ``rv`` / ``soft`` / ``lora``: a file path or the loaded object (``ActivationVector``,
     ``SoftTaskVector``, ``TaskVector``). ``shots``: k for the ICL rows (``"5,10"`` works too).
+    ``limit``: the first N examples; ``sample``: a seeded random N of them (``seed``), not both.
     Files are checked against the model (shape; fingerprint unless ``force``) before any run.
     """
     split = split or report_split(task)
-    examples = load_examples(task, split, limit)
+    examples, subset = _examples(task, split, limit, sample, seed)
     ks = parse_shots(shots) if isinstance(shots, str) else parse_shots(list(shots))
     fv = None if fv is None else _as_activation(fv, "function_vector")
     rv = None if rv is None else _as_activation(rv, "residual_vector")
@@ -159,9 +168,38 @@ def comparison_table(
                 with make():
                     res = accuracy(model, tok, task, examples, seed=seed, batch_size=batch_size,
                                    split=split, **kw)
-            rows.append({"method": method, "kind": kind, "accuracy": res.accuracy, "params": params,
-                         "stored": stored, "n": res.n, "split": split, "metric": res.metric,
-                         "seconds": res.seconds})
+            lo, hi = wilson(sum(res.correct), res.n)
+            rows.append({"method": method, "kind": kind, "accuracy": res.accuracy, "ci95": [lo, hi],
+                         "n": res.n, "params": params, "stored": stored, "split": split, "subset": subset,
+                         "metric": res.metric, "seconds": res.seconds,
+                         "correct": [int(c) for c in res.correct]})
             if upd:
                 upd(1)
+    _add_paired(rows)
     return rows
+
+
+def _examples(task: Any, split: str, limit: int | None, sample: int | None, seed: int) -> tuple[list[dict], str]:
+    """The evaluated examples and how they were chosen ("all", "first N", "sample N (seed S)")."""
+    if sample is None:
+        examples = load_examples(task, split, limit)
+        total = len(task.load(split))
+        return examples, "all" if len(examples) == total else f"first {len(examples)}"
+    load_examples(task, split, None)  # checks the split
+    examples = task.subset(split, sample=sample, seed=seed)
+    return examples, f"sample {len(examples)} (seed {seed})"
+
+
+def _add_paired(rows: list[dict[str, Any]]) -> None:
+    """Exact McNemar tests of every vector row against zero-shot and the ICL row with most shots."""
+    zero = next((r for r in rows if r["method"] == "zero-shot"), None)
+    icl = [r for r in rows if r["method"].endswith("-shot ICL")]
+    most = max(icl, key=lambda r: int(r["method"].split("-")[0]), default=None)
+    refs = {"vs_zero_shot": zero, "vs_icl": most}
+    for r in rows:
+        if r["kind"] == "prompt":
+            continue
+        for key, ref in refs.items():
+            if ref is not None:
+                t = mcnemar([bool(c) for c in r["correct"]], [bool(c) for c in ref["correct"]])
+                r[key] = {"against": ref["method"], "difference": r["accuracy"] - ref["accuracy"]} | t.to_dict()

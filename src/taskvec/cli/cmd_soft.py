@@ -35,6 +35,8 @@ def _eval_opts(p: argparse.ArgumentParser, shots: str) -> None:
     p.add_argument("--split", default=None, help="split to evaluate (default: test, or the eval split "
                    "of tasks without one)")
     p.add_argument("--limit", type=int, default=None, help="only the first N examples")
+    p.add_argument("--sample", type=int, default=None, metavar="N",
+                   help="a seeded random subset of N examples (seed: --seed), in file order")
     p.add_argument("--shots", default=shots, help=f"k for the ICL rows, comma-separated (default {shots or 'none'})")
     add_run_options(p, force_help="use vectors made on another model")
 
@@ -101,17 +103,29 @@ def _check_eval_args(args: argparse.Namespace, task: Any) -> list[int]:
 
     args.split = args.split or report_split(task)
     load_examples(task, args.split, args.limit)  # validates split / limit before the model
+    if args.sample is not None and (args.sample <= 0 or args.limit is not None):
+        raise UserInputError(f"--sample must be a positive integer and not combined with --limit, got "
+                             f"--sample {args.sample}" + (f" --limit {args.limit}." if args.limit else "."))
     if args.batch_size <= 0:
         raise UserInputError(f"--batch-size must be positive, got {args.batch_size}.")
     check_dtype_device(args.dtype, args.device)
     return parse_shots(args.shots)
 
 
+def _paired(r: dict[str, Any], key: str) -> str:
+    t = r.get(key)
+    if not t:
+        return ""
+    return f"{100 * t['difference']:+.1f} (p={t['p_value']:.2g}{', sig.' if t['significant'] else ''})"
+
+
 def _print_rows(rows: list[dict[str, Any]], title: str) -> None:
     print_table(
-        [[r["method"], r["n"], r["accuracy"], f"{r['params']:,}", f"{r['seconds']:.1f}s"] for r in rows],
-        ["method", "n", "accuracy", "params", "time"],
-        title=title,
+        [[r["method"], r["n"], r["accuracy"], f"[{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]",
+          _paired(r, "vs_zero_shot"), _paired(r, "vs_icl"), f"{r['params']:,}", f"{r['seconds']:.1f}s"]
+         for r in rows],
+        ["method", "n", "accuracy", "95% CI", "vs zero-shot (points)", "vs ICL (points)", "params", "time"],
+        title=title + (f", examples: {rows[0]['subset']}" if rows else ""),
     )
 
 
@@ -205,8 +219,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from taskvec.models import load_model
 
     model, tok = load_model(args.model, dtype=args.dtype, device=args.device)
-    rows = comparison_table(model, tok, task, soft=sv, limit=args.limit, shots=shots, split=args.split,
-                            seed=args.seed, batch_size=args.batch_size,
+    rows = comparison_table(model, tok, task, soft=sv, limit=args.limit, sample=args.sample, shots=shots,
+                            split=args.split, seed=args.seed, batch_size=args.batch_size,
                             progress=show_progress(args), force=args.force)
     if args.json:
         print_json({"task": task.name, "model": str(args.model), "split": args.split,
@@ -257,8 +271,8 @@ def run_compare(args: argparse.Namespace) -> int:
 
     model, tok = load_model(args.model, dtype=args.dtype, device=args.device)
     rows = comparison_table(model, tok, task, fv=fv, rv=rv, soft=sv, lora=lora, limit=args.limit,
-                            shots=shots, split=args.split, seed=args.seed, batch_size=args.batch_size,
-                            progress=show_progress(args), force=args.force)
+                            sample=args.sample, shots=shots, split=args.split, seed=args.seed,
+                            batch_size=args.batch_size, progress=show_progress(args), force=args.force)
     if args.json:
         files = {"fv": args.fv, "residual": args.residual, "soft": args.soft, "lora": args.lora}
         print_json({"task": task.name, "model": str(args.model), "split": args.split,
