@@ -4,7 +4,7 @@ Usage:
     python benchmarks/bench_train.py [--model smollm2-135m] [--task sst2] [--steps 12] \
         [--batch-size 16] [--lora-r 8] [--json-out benchmarks/results/train.json]
 
-1. **Peak**: a plain float32 ``torch.mm`` of two 2048 x 2048 matrices (and 4096 x 4096), best of
+1. **Peak**: a plain float32 ``torch.mm`` of two n x n matrices (n = 512, 1024, 2048, 4096), best of
    several repetitions, on all of torch's threads: the arithmetic limit the training step runs into.
 2. **Training**: ``taskvec.weights.finetune`` with the demo recipe (LoRA rank 8 on the seven
    projections, batch 16, SST-2) for ``--steps`` steps, three times in the same process: packed
@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe, machine_info  # noqa: E402
 
 
-def gemm_peak(sizes: tuple[int, ...] = (2048, 4096), reps: int = 5) -> dict[str, float]:
+def gemm_peak(sizes: tuple[int, ...] = (512, 1024, 2048, 4096), reps: int = 5) -> dict[str, float]:
     """Best float32 GEMM rate (GFLOP/s) per size on torch's threads."""
     import torch
 
