@@ -4,12 +4,16 @@
 # ICL tasks never used in design, then zero-shot, 10-shot ICL (per-query demonstrations) and the
 # three vectors on the whole test split, with 95% intervals and paired tests (soft_table.py).
 # Resumable: every step writes its file atomically and is skipped when the file exists.
-# Usage: [MODEL=smollm2-135m] [TASKS="..."] bash benchmarks/fresh_runs.sh [OUT=runs/fresh/smollm2-135m]
+# Usage: [MODEL=smollm2-135m] [TASKS="..."] [TASKVEC=path/to/taskvec] bash benchmarks/fresh_runs.sh [OUT=runs/fresh/smollm2-135m]
 set -euo pipefail
 MODEL=${MODEL:-smollm2-135m}
 OUT=${1:-runs/fresh/$MODEL}
 TASKS=${TASKS:-english-spanish park-country product-company person-instrument conll2003_person choose_first_of_3}
+HERE=$(cd "$(dirname "$0")/.." && pwd)
+if [ -z "${TASKVEC:-}" ] && [ -x "$HERE/.venv/bin/taskvec" ]; then TASKVEC="$HERE/.venv/bin/taskvec"; fi
 TV=${TASKVEC:-taskvec}
+PY=${PYTHON:-$(dirname "$(command -v "$TV" 2>/dev/null || echo python)")/python}
+[ -x "$PY" ] || PY=python
 mkdir -p "$OUT"
 
 step() {  # step NAME OUTFILE JSONFILE -- command...: run once, time it, keep its JSON
@@ -33,4 +37,4 @@ for t in $TASKS; do
     $TV soft compare --model "$MODEL" --task "$t" --fv "$OUT/$t-fv.safetensors" \
     --residual "$OUT/$t-rv.safetensors" --soft "$OUT/$t-soft.safetensors" --shots 10 --no-progress --json
 done
-python benchmarks/soft_table.py "$OUT"/*-compare.json | tee "$OUT/table.md"
+"$PY" "$HERE/benchmarks/soft_table.py" "$OUT"/*-compare.json | tee "$OUT/table.md"
