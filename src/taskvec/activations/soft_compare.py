@@ -180,14 +180,16 @@ def comparison_table(
 
 
 def _examples(task: Any, split: str, limit: int | None, sample: int | None, seed: int) -> tuple[list[dict], str]:
-    """The evaluated examples and how they were chosen ("all", "first N", "sample N (seed S)")."""
-    if sample is None:
-        examples = load_examples(task, split, limit)
-        total = len(task.load(split))
-        return examples, "all" if len(examples) == total else f"first {len(examples)}"
-    load_examples(task, split, None)  # checks the split
-    examples = task.subset(split, sample=sample, seed=seed)
-    return examples, f"sample {len(examples)} (seed {seed})"
+    """The evaluated examples and how they were chosen ("all", "first N", "sample N (seed S)").
+
+    One home for subsets: :meth:`Task.subset` (which also warns when a first-N subset's label
+    shares are far from the split's).
+    """
+    load_examples(task, split, None)  # checks the split exists and is non-empty
+    examples = task.subset(split, limit=limit, sample=sample, seed=seed)
+    if sample is not None:
+        return examples, f"sample {len(examples)} (seed {seed})"
+    return examples, "all" if len(examples) == len(task.load(split)) else f"first {len(examples)}"
 
 
 def _add_paired(rows: list[dict[str, Any]]) -> None:

@@ -100,12 +100,11 @@ def _check_eval_args(args: argparse.Namespace, task: Any) -> list[int]:
     from taskvec.activations.soft import report_split
     from taskvec.activations.soft_compare import parse_shots
     from taskvec.models.loading import check_dtype_device
+    from taskvec.tasks.subsets import choose
 
     args.split = args.split or report_split(task)
-    load_examples(task, args.split, args.limit)  # validates split / limit before the model
-    if args.sample is not None and (args.sample <= 0 or args.limit is not None):
-        raise UserInputError(f"--sample must be a positive integer and not combined with --limit, got "
-                             f"--sample {args.sample}" + (f" --limit {args.limit}." if args.limit else "."))
+    load_examples(task, args.split, None)  # validates the split before the model
+    choose([], args.limit, args.sample, args.seed)  # validates --limit / --sample the one way
     if args.batch_size <= 0:
         raise UserInputError(f"--batch-size must be positive, got {args.batch_size}.")
     check_dtype_device(args.dtype, args.device)
