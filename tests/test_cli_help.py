@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 
@@ -55,3 +56,25 @@ def test_bare_taskvec_prints_help_and_exits_2() -> None:
 def test_percent_in_help_is_escaped(capsys) -> None:
     code, out, _ = run_cli(capsys, "--help")
     assert code == 0 and "95%" in out  # the negate line, shown as written
+
+
+def test_no_progress_hides_other_libraries_bars() -> None:
+    """--no-progress also silences bars taskvec does not draw (transformers' GGUF conversion uses
+    a bare tqdm; Hugging Face downloads their own), and the settings are restored after."""
+    code = (
+        "import os\n"
+        "from taskvec.cli.main import third_party_bars\n"
+        "with third_party_bars(False):\n"
+        "    from tqdm.auto import tqdm\n"
+        "    bar = tqdm(range(3))\n"
+        "    assert bar.disable, 'a bare tqdm bar still draws'\n"
+        "    assert os.environ['HF_HUB_DISABLE_PROGRESS_BARS'] == '1'\n"
+        "assert 'TQDM_DISABLE' not in os.environ and 'HF_HUB_DISABLE_PROGRESS_BARS' not in os.environ\n"
+        "with third_party_bars(True):\n"
+        "    assert 'TQDM_DISABLE' not in os.environ\n"
+    )
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr == ""

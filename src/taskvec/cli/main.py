@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import traceback
 import warnings
@@ -69,6 +70,30 @@ def one_line_warnings(command: str) -> Iterator[None]:
         yield
 
 
+@contextmanager
+def third_party_bars(show: bool) -> Iterator[None]:
+    """Under ``--no-progress``, also hide other libraries' bars (transformers' one-time GGUF
+    de-quantization, Hugging Face downloads), then restore the previous settings.
+
+    Both variables are read when tqdm / huggingface_hub are first imported, which in a ``taskvec``
+    process happens after this point (they are imported lazily).
+    """
+    if show:
+        yield
+        return
+    keys = ("HF_HUB_DISABLE_PROGRESS_BARS", "TQDM_DISABLE")
+    old = {k: os.environ.get(k) for k in keys}
+    os.environ.update(dict.fromkeys(keys, "1"))
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -81,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        with one_line_warnings(args.command):
+        with one_line_warnings(args.command), third_party_bars(not getattr(args, "no_progress", False)):
             code = int(args.func(args) or 0)
         started = sys.modules.get("taskvec.dist")  # never imported: no process group was started
         if started is not None:
