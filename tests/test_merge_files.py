@@ -176,6 +176,18 @@ def test_cli_merge_json(files: list[Path], tmp_path: Path, capsys) -> None:
     assert data["method"] == "dare_ties" and data["tensors"] == 2 and data["params"]["seed"] == 3
     want = merge("dare_ties", [TaskVector.load(p) for p in files], [1, 0.5, 0.5], density=[0.8, 0.9, 1.0], seed=3)
     assert torch.equal(TaskVector.load(out)["layers.0.w"], want["layers.0.w"])
+    # the common --seed means the same here: DARE's masks (an explicit --param seed wins)
+    by_flag = tmp_path / "f.safetensors"
+    assert main(["merge", "--method", "dare_ties", "--vectors", *map(str, files), "--weights", "1", "0.5", "0.5",
+                 "--param", "density=0.8,0.9,1.0", "--seed", "3", "--out", str(by_flag), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["params"]["seed"] == 3
+    assert torch.equal(TaskVector.load(by_flag)["layers.0.w"], want["layers.0.w"])
+    assert main(["merge", "--method", "dare_ties", "--vectors", *map(str, files), "--param", "seed=3",
+                 "--param", "density=0.5", "--seed", "4", "--out", str(by_flag), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["params"]["seed"] == 3
+    assert main(["merge", "--method", "ties", "--vectors", *map(str, files), "--seed", "4",
+                 "--out", str(by_flag), "--json"]) == 0  # ties draws nothing: --seed is accepted, no effect
+    assert "seed" not in json.loads(capsys.readouterr().out)["params"]
     assert main(["merge", "--list", "--json"]) == 0
     names = [m["name"] for m in json.loads(capsys.readouterr().out)]
     assert {"task_arithmetic", "ties", "dare_linear", "dare_ties", "tsv", "breadcrumbs"} <= set(names)

@@ -32,6 +32,8 @@ def register(sub: Any) -> None:
     p.add_argument("--limit", type=int, default=None, help="evaluate on the first N validation examples only")
     p.add_argument("--retrain", action="store_true", help="fine-tune again even if a finished run exists")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=DEMO_RECIPE["seed"],
+                   help=f"seed of the LoRA initialisation and training order (default {DEMO_RECIPE['seed']})")
     add_progress(p)
     add_json(p)
     p.set_defaults(func=run)
@@ -62,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     prog = show_progress(args)
     log = (lambda *a: None) if args.json else print
     recipe = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
-              "lora_r": DEMO_RECIPE["lora_r"], "lora_alpha": DEMO_RECIPE["lora_alpha"], "seed": 0,
+              "lora_r": DEMO_RECIPE["lora_r"], "lora_alpha": DEMO_RECIPE["lora_alpha"], "seed": args.seed,
               "warmup_steps": DEMO_RECIPE["warmup_steps"], "schedule": DEMO_RECIPE["schedule"]}
     t_all = time.perf_counter()
 
@@ -81,9 +83,9 @@ def run(args: argparse.Namespace) -> int:
         log(f"[3/5] LoRA fine-tuning: {args.steps} steps x batch {args.batch_size}, lr {args.lr} "
             f"({recipe['schedule']} after {recipe['warmup_steps']} warmup steps), rank {recipe['lora_r']}")
         ft = finetune(model, tok, task, run_dir, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                      lora_r=recipe["lora_r"], lora_alpha=recipe["lora_alpha"], seed=0, progress=prog,
+                      lora_r=recipe["lora_r"], lora_alpha=recipe["lora_alpha"], seed=args.seed, progress=prog,
                       warmup_steps=recipe["warmup_steps"], schedule=recipe["schedule"])
-        train_s = ft.seconds
+        train_s = json.loads((run_dir / "recipe.json").read_text()).get("seconds")  # as a reuse reads it
         ft_res = evaluate(ft.model, tok, task, limit=args.limit, progress=prog)
         model = ft.unload()
     else:
@@ -116,25 +118,42 @@ def run(args: argparse.Namespace) -> int:
 
     sizes = {"vector_file_bytes": vec_path.stat().st_size, "dense_vector_bytes": tv.dense_numel() * 4,
              "model_bytes": n_model * 4}
+    from taskvec.eval.stats import mcnemar
+
+    rows = {"base_zero_shot": base_res, "finetuned": ft_res, "base_plus_vector": tv_res}
     result = {
         "model": args.model, "task": task.name, "split": task.eval_split, "n": base_res.n,
         "recipe": recipe, "train_seconds": train_s,
-        "accuracy": {"base_zero_shot": base_res.accuracy, "finetuned": ft_res.accuracy,
-                     "base_plus_vector": tv_res.accuracy},
+        "accuracy": {k: r.accuracy for k, r in rows.items()},
+        "ci95": {k: list(r.ci95) if r.ci95 else None for k, r in rows.items()},
+        # exact McNemar on the same examples: did the vector change accuracy, and does the fresh
+        # base + vector differ from the fine-tuned model at all
+        "paired": {"base_plus_vector_vs_base": mcnemar(tv_res.correct, base_res.correct).to_dict(),
+                   "base_plus_vector_vs_finetuned": mcnemar(tv_res.correct, ft_res.correct).to_dict()},
         "same_predictions": same, "vector": str(vec_path), "sizes": sizes,
         "seconds_total": round(time.perf_counter() - t_all, 1),
     }
-    (out / "demo_result.json").write_text(json.dumps(result, indent=2))
+    from taskvec.io_utils import atomic_path
+
+    with atomic_path(out / "demo_result.json") as tmp:
+        tmp.write_text(json.dumps(result, indent=2))
     if args.json:
         print_json(result)
         return 0
     print()
+
+    def ci(r: Any) -> str:
+        return f"[{r.ci95[0]:.3f}, {r.ci95[1]:.3f}]" if r.ci95 else "-"
+
     print_table(
-        [["base (zero-shot)", base_res.accuracy, "-"],
-         ["fine-tuned (LoRA)", ft_res.accuracy, "-"],
-         ["base + task vector", tv_res.accuracy, f"{same}/{tv_res.n} same as fine-tuned"]],
-        ["model", f"{task.name} {task.eval_split} accuracy (n={base_res.n})", "predictions"],
+        [["base (zero-shot)", base_res.accuracy, ci(base_res), "-"],
+         ["fine-tuned (LoRA)", ft_res.accuracy, ci(ft_res), "-"],
+         ["base + task vector", tv_res.accuracy, ci(tv_res), f"{same}/{tv_res.n} same as fine-tuned"]],
+        ["model", f"{task.name} {task.eval_split} accuracy (n={base_res.n})", "95% CI (Wilson)", "predictions"],
     )
+    gain = result["paired"]["base_plus_vector_vs_base"]
+    print(f"base + vector vs base: {gain['only_a']} examples gained, {gain['only_b']} lost, exact McNemar "
+          f"p = {gain['p_value']:.2g} ({'significant' if gain['significant'] else 'not significant'} at 5%)")
     mb = 2**20
     print()
     print_table(

@@ -37,6 +37,9 @@ def register(sub: Any) -> None:
                        help="truncate every low-rank output to rank R (SVD of its core; error reported)")
     trunc.add_argument("--energy", type=float, default=None, metavar="E",
                        help="keep the fewest components holding fraction E of each low-rank output's energy")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of the methods that draw (DARE's drop masks; default 0); "
+                        "--param seed=S or the config's seed take precedence")
     p.add_argument("--list", action="store_true", help="list the merge methods and their parameters")
     add_progress(p)
     add_json(p)
@@ -67,6 +70,17 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_seed(method: str, params: dict[str, Any], seed: int | None) -> dict[str, Any]:
+    """``params`` with ``seed`` from --seed when the method draws and none was given otherwise."""
+    from taskvec.weights.merge.registry import get_method
+
+    if seed is None or "seed" in params:
+        return params
+    if not any(p.name == "seed" for p in get_method(method).params):
+        return params  # this method draws nothing: --seed has no effect on it
+    return {**params, "seed": str(seed)}
+
+
 def run(args: argparse.Namespace) -> int:
     from taskvec.weights.merge import merge_files
 
@@ -94,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
         method, vectors, out, base_model = args.method, args.vectors, args.out, args.base_model
         weights = args.weights
         params = parse_params(args.param)
+    params = _with_seed(method, params, args.seed)
     from taskvec.basis import open_sources
 
     report = merge_files(method, open_sources(vectors), out, weights=weights, params=params, force=args.force,
