@@ -7,8 +7,9 @@ Usage:
 1. **Peak**: a plain float32 ``torch.mm`` of two n x n matrices (n = 512, 1024, 2048, 4096), best of
    several repetitions, on all of torch's threads: the arithmetic limit the training step runs into.
 2. **Training**: ``taskvec.weights.finetune`` with the demo recipe (LoRA rank 8 on the seven
-   projections, batch 16, SST-2) for ``--steps`` steps, three times in the same process: packed
-   rows (the default), length-grouped micro-batches, one padded batch; step times from ``train_log.jsonl``
+   projections, batch 16, SST-2) for ``--steps`` steps, four times in the same process: packed
+   rows with the fused LoRA kernel (the default), packed rows with PEFT's LoRA forward
+   (``--lora-kernel peft``), length-grouped micro-batches, one padded batch; step times from ``train_log.jsonl``
    (the first step, which warms up allocators, is dropped). The benchmark rebuilds each step's
    batch (same seeded order) to count real tokens, padded tokens and answer positions.
 3. **Useful FLOPs per step**, counted by hand for the model's shapes: per real token 2 N (forward)
@@ -34,6 +35,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe, machine_info  # noqa: E402
+
+#: (label, batching, LoRA kernel): the default first, then one change at a time
+RUNS = (("packed", "packed", "fused"), ("packed, peft kernel", "packed", "peft"),
+        ("length-grouped", "length-grouped", "fused"), ("padded", "padded", "fused"))
 
 
 def gemm_peak(sizes: tuple[int, ...] = (512, 1024, 2048, 4096), reps: int = 5) -> dict[str, float]:
@@ -106,11 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     examples = task.load(task.train_split)
     best_peak = max(peak.values())
     results = {}
-    for name in ("packed", "length-grouped", "padded"):
+    for label, name, kernel in RUNS:
         with tempfile.TemporaryDirectory() as tmp:
             res = finetune(model, tok, task, Path(tmp) / "run", steps=args.steps, batch_size=args.batch_size,
                            lr=5e-4, lora_r=args.lora_r, lora_alpha=2 * args.lora_r, seed=0, checkpoint_every=0,
-                           progress=False, warmup_steps=2, schedule="linear", batching=name)
+                           progress=False, warmup_steps=2, schedule="linear", batching=name,
+                           lora_kernel=kernel)
             log = [json.loads(x) for x in (Path(tmp) / "run" / "train_log.jsonl").read_text().splitlines()]
             lora = sum(p.numel() for n, p in res.model.named_parameters() if p.requires_grad)
             res.unload()
@@ -131,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         real = sum(r["real_tokens"] for r in rows)
         padded = sum(r["padded_tokens"] for r in rows)
         flops = sum(r["flops"] for r in rows)
-        results[name] = {
-            "timed_steps": len(rows), "seconds_per_step": round(secs / len(rows), 3),
+        results[label] = {
+            "batching": name, "lora_kernel": kernel, "timed_steps": len(rows), "seconds_per_step": round(secs / len(rows), 3),
             "tokens_per_s": round(real / secs, 1), "padding_fraction": round(1 - real / padded, 3),
             "useful_gflops": round(flops / secs / 1e9, 1), "fraction_of_peak": round(flops / secs / 1e9 / best_peak, 3),
             "tokens_per_s_at_peak": round(real / (flops / (best_peak * 1e9)), 1), "steps": rows}
@@ -146,17 +152,20 @@ def main(argv: list[str] | None = None) -> int:
         "runs": results,
         "speedup_vs_padded": {k: round(results["padded"]["seconds_per_step"] / v["seconds_per_step"], 3)
                               for k, v in results.items()},
+        "fused_vs_peft": round(results["packed, peft kernel"]["seconds_per_step"]
+                               / results["packed"]["seconds_per_step"], 3),
     }
     args.json_out.parent.mkdir(parents=True, exist_ok=True)
     args.json_out.write_text(json.dumps(out, indent=2) + "\n")
     print(describe(info))
     print(f"float32 GEMM peak: {best_peak} GFLOP/s")
-    print("| batching | s/step | tokens/s | padding | useful GFLOP/s | of peak | tokens/s at peak |")
+    print("| run | s/step | tokens/s | padding | useful GFLOP/s | of peak | tokens/s at peak |")
     print("|---|---|---|---|---|---|---|")
     for name, r in results.items():
         print(f"| {name} | {r['seconds_per_step']} | {r['tokens_per_s']} | {r['padding_fraction']:.1%} | "
               f"{r['useful_gflops']} | {r['fraction_of_peak']:.1%} | {r['tokens_per_s_at_peak']} |")
     print(f"speed-up over padded batches: {out['speedup_vs_padded']}")
+    print(f"fused LoRA kernel vs PEFT's forward (packed): {out['fused_vs_peft']}x")
     return 0
 
 

@@ -42,6 +42,9 @@ def register(sub: Any) -> None:
     p.add_argument("--batching", choices=["auto", "packed", "length-grouped", "padded"], default="auto",
                    help="how each batch runs: auto (packed rows without padding when the model supports "
                         "them, else length-grouped micro-batches), or one of those, or padded")
+    p.add_argument("--lora-kernel", choices=["fused", "peft"], default="fused",
+                   help="LoRA linear: fused (default; the scaled LoRA term accumulated into the base GEMM, "
+                        "no element-wise passes over activations) or peft (PEFT's own forward)")
     p.add_argument("--checkpoint-every", type=int, default=50, help="checkpoint interval in steps (0: never)")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep OUT/checkpoints/ after training")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
@@ -99,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume, progress=show_progress(args), split=split,
         warmup_steps=args.warmup_steps, schedule=args.schedule, keep_checkpoints=args.keep_checkpoints,
         fsdp=args.fsdp, holdout=holdout, holdout_seed=args.holdout_seed, batching=args.batching,
+        lora_kernel=args.lora_kernel,
     )
     saved = res.model_dir if args.full else res.adapter_dir
     accuracy = None

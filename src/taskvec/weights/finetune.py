@@ -29,6 +29,7 @@ needs ``out_dir`` on a filesystem every rank can read.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -36,7 +37,6 @@ import os
 import shutil
 import sys
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +76,7 @@ from taskvec.weights.finetune_options import (
     step_seed,
 )
 from taskvec.weights.finetune_pack import choose_batching
+from taskvec.weights.lora_kernel import LORA_KERNELS, fused_lora, wrap_lora
 
 __all__ = [
     "DEFAULT_TARGETS",
@@ -157,23 +158,6 @@ def _restore_base(base: Any, restore: dict[str, Any]) -> None:
 
 
 # -- training ------------------------------------------------------------------------------
-def _wrap_lora(model: Any, suffixes: list[str], r: int, alpha: float, fan_in_fan_out: bool,
-               seed: int) -> Any:
-    from peft import LoraConfig, PeftModel, get_peft_model
-
-    if isinstance(model, PeftModel) or hasattr(model, "peft_config"):
-        raise UserInputError("the model already has PEFT adapters; unload them before fine-tuning.")
-    config = LoraConfig(
-        r=r, lora_alpha=alpha, lora_dropout=0.0, bias="none", target_modules=list(suffixes),
-        fan_in_fan_out=fan_in_fan_out, task_type="CAUSAL_LM",
-    )
-    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():  # seeded LoRA init
-        # peft calls a transformers API deprecated in v5; the warning is noise to users.
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        torch.manual_seed(seed)
-        return get_peft_model(model, config)
-
-
 def _check_resume(ckpt_state: dict[str, Any], config: dict[str, Any], path: Path) -> None:
     old = ckpt_state.get("config", {})
     if old.get("base_fingerprint") != config["base_fingerprint"]:
@@ -216,6 +200,7 @@ def finetune(
     holdout: int = 0,
     holdout_seed: int = 0,
     batching: str = "auto",
+    lora_kernel: str = "fused",
 ) -> FinetuneResult:
     """Fine-tune ``model`` on ``task``'s train split; write ``out_dir/adapter`` (or ``model``).
 
@@ -235,7 +220,9 @@ def finetune(
     padding (:mod:`~taskvec.weights.finetune_pack`), when the model honours packed position ids
     (checked on real examples), else as ``"length-grouped"`` micro-batches; ``"padded"`` is one
     left-padded batch (also what data parallelism uses). The same mean-loss gradient, batches
-    and data order either way (``recipe.batching`` says which ran).
+    and data order either way (``recipe.batching`` says which ran). ``lora_kernel="fused"``
+    runs the LoRA linears through :mod:`taskvec.weights.lora_kernel`, ``"peft"`` through PEFT's
+    forward: the same function to float rounding (``recipe.lora_kernel``; FSDP: ``"peft"``).
     """
     from tqdm.auto import tqdm
 
@@ -287,6 +274,9 @@ def finetune(
     }
     config["batching"] = choose_batching(model, tok, task, examples, max_length,
                                          batching if world_size == 1 else "padded")
+    if lora_kernel not in LORA_KERNELS:
+        raise UserInputError(f"unknown LoRA kernel {lora_kernel!r}; use {' or '.join(LORA_KERNELS)}.")
+    config["lora_kernel"] = None if full else ("peft" if fsdp else lora_kernel)
     if holdout:  # only then, so runs started before this option still resume
         config |= {"holdout": holdout, "holdout_seed": holdout_seed}
     ckpt = latest_checkpoint(out / CHECKPOINTS) if resume else None
@@ -310,15 +300,17 @@ def finetune(
         for p in train_model.parameters():
             p.requires_grad_(True)
     else:
-        train_model = _wrap_lora(model, suffixes, lora_r, lora_alpha, conv1d, seed)
+        train_model = wrap_lora(model, suffixes, lora_r, lora_alpha, conv1d, seed)
+    kernel = fused_lora(train_model) if config["lora_kernel"] == "fused" else contextlib.nullcontext()
     try:
-        losses, seconds = _train(
-            train_model, tok, task, examples, out, config, ckpt, steps=steps, batch_size=batch_size,
-            lr=lr, warmup_steps=warmup_steps, schedule=schedule, weight_decay=weight_decay,
-            max_grad_norm=max_grad_norm, max_length=max_length, seed=seed,
-            checkpoint_every=checkpoint_every, progress=progress and rank == 0, callback=callback, tqdm=tqdm,
-            rank=rank, world_size=world_size, fsdp=fsdp, batching=config["batching"],
-        )
+        with kernel:
+            losses, seconds = _train(
+                train_model, tok, task, examples, out, config, ckpt, steps=steps, batch_size=batch_size,
+                lr=lr, warmup_steps=warmup_steps, schedule=schedule, weight_decay=weight_decay,
+                max_grad_norm=max_grad_norm, max_length=max_length, seed=seed,
+                checkpoint_every=checkpoint_every, progress=progress and rank == 0, callback=callback,
+                tqdm=tqdm, rank=rank, world_size=world_size, fsdp=fsdp, batching=config["batching"],
+            )
         train_model.eval()
         target_dir = out / ("model" if full else "adapter")
         if fsdp:
