@@ -53,3 +53,11 @@ def describe(info: dict[str, Any]) -> str:
     top = "AVX-512" if "avx512f" in isa else ("AVX2" if "avx2" in isa else "no AVX2")
     return (f"{info.get('cpu')}, {info.get('nproc')} cores, {top} ({', '.join(isa)}), "
             f"torch {info.get('torch')} ({info.get('cpu_capability')})")
+
+
+def write_result(path: Path, result: dict[str, Any]) -> None:
+    """Write a benchmark's JSON (indented, newline-terminated), creating its folder."""
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")

@@ -1,7 +1,7 @@
 """Run the speed benchmarks one after another and write one table with ratios and the machine.
 
 Usage:
-    python benchmarks/run_all.py [--only startup,apply,kshot,train,apply_8b] [--skip apply_8b] \
+    python benchmarks/run_all.py [--only startup,apply,kshot,train,lora_kernel,apply_8b] [--skip apply_8b] \
         [--out benchmarks/results/summary]          # make bench
 
 Each benchmark runs as a child process (one at a time: two real-model jobs on the same cores
@@ -14,6 +14,7 @@ ratio in the table compares two numbers measured in the same child, on the same 
 | apply | ``taskvec apply`` own time (no interpreter start) | page-cache read + write of its bytes; naive script; mergekit if installed | <= 3x the I/O |
 | kshot | 10-shot SST-2 with shared demonstrations (prefix reused) | zero-shot on the same split | <= 1.5x |
 | train | LoRA tokens/s and useful GFLOP/s | a plain float32 GEMM | >= 50% of the GEMM peak |
+| lora_kernel | training step with the fused LoRA linear | PEFT's LoRA forward, interleaved on the same batches | faster (CI > 1) |
 | apply_8b | streaming apply of a 16 GB bf16 Llama-3-8B-shape checkpoint | the disk's read / write speed | RSS < 1 GB |
 
 ``apply_8b`` needs about 32 GB of free disk and a few minutes; skip it with ``--skip apply_8b``.
@@ -43,6 +44,7 @@ SUITE: dict[str, tuple[list[str], str]] = {
     "apply": (["bench_apply.py", "--skip-mergekit"], "apply.json"),
     "kshot": (["bench_kshot.py"], "kshot.json"),
     "train": (["bench_train.py"], "train.json"),
+    "lora_kernel": (["bench_lora_kernel.py"], "lora_kernel.json"),
     "apply_8b": (["bench_apply_8b.py"], "apply_8b.json"),
 }
 
@@ -84,6 +86,13 @@ def _train(d: dict[str, Any]) -> list[list[Any]]:
              g["fraction_of_peak"] >= 0.5]]
 
 
+def _lora_kernel(d: dict[str, Any]) -> list[list[Any]]:
+    lo, hi = d["speedup_95ci"]
+    return [["fused LoRA linear (training step, interleaved A/B)", f"{d['median_step_s']['fused']:.3f} s/step",
+             f"PEFT forward {d['median_step_s']['peft']:.3f} s/step: {d['speedup_median']}x [{lo}, {hi}], "
+             f"n = {d['pairs']} pairs", "CI > 1", lo > 1]]
+
+
 def _apply_8b(d: dict[str, Any]) -> list[list[Any]]:
     return [["streaming apply, 16 GB bf16 (Llama-3-8B shapes)",
              f"{d['apply_seconds']:.0f} s, peak RSS {d['peak_rss_bytes'] / 2**20:.0f} MiB",
@@ -92,7 +101,8 @@ def _apply_8b(d: dict[str, Any]) -> list[list[Any]]:
 
 
 ROWS: dict[str, Callable[[dict[str, Any]], list[list[Any]]]] = {
-    "startup": _startup, "apply": _apply, "kshot": _kshot, "train": _train, "apply_8b": _apply_8b}
+    "startup": _startup, "apply": _apply, "kshot": _kshot, "train": _train, "lora_kernel": _lora_kernel,
+    "apply_8b": _apply_8b}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,10 @@ LoRA forward, no element-wise pass over a full activation, patches removed on ex
 
 from __future__ import annotations
 
+import importlib
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -160,3 +164,18 @@ def test_finetune_records_kernel_and_matches_peft_losses(tmp_path):
         runs[kernel] = res.losses
     for a, b in zip(runs["fused"], runs["peft"], strict=True):
         assert abs(a - b) <= 1e-4 * abs(b)
+
+
+def test_bench_lora_kernel_interval_and_smoke_run(tmp_path, monkeypatch):
+    """The A/B benchmark: its median interval by hand, and a run on a tiny model (same losses)."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    bench = importlib.import_module("bench_lora_kernel")
+    # n = 10: P(Bin(10, 1/2) <= 1) = 11/1024, so the 2nd and 9th order statistics cover 97.9% >= 95%
+    # (the 3rd and 8th cover 89.1%)
+    assert bench.median_interval([float(i) for i in range(10, 0, -1)]) == (2.0, 9.0)
+    assert bench.median_interval([1.0, 2.0, 3.0]) == (1.0, 3.0)  # too few pairs: the whole range
+    out = tmp_path / "lk.json"
+    assert bench.main(["--model", "tiny:llama", "--pairs", "3", "--json-out", str(out)]) == 0
+    d = json.loads(out.read_text())
+    assert len(d["rows"]) == 3 and {r["first"] for r in d["rows"]} == {"fused", "peft"}
+    assert d["max_rel_loss_diff"] < 1e-5
