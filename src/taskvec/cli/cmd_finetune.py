@@ -45,6 +45,12 @@ def register(sub: Any) -> None:
     p.add_argument("--lora-kernel", choices=["fused", "peft"], default="fused",
                    help="LoRA linear: fused (default; the scaled LoRA term accumulated into the base GEMM, "
                         "no element-wise passes over activations) or peft (PEFT's own forward)")
+    p.add_argument("--eval-every", type=int, default=0,
+                   help="early stopping: every K steps score the held-out slice and keep the best step "
+                        "(default 0: off; needs --holdout > 0)")
+    p.add_argument("--patience", type=int, default=0,
+                   help="stop after this many evaluations without improvement (default 0: train all "
+                        "--steps, still keep the best step)")
     p.add_argument("--checkpoint-every", type=int, default=50, help="checkpoint interval in steps (0: never)")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep OUT/checkpoints/ after training")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
@@ -102,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume, progress=show_progress(args), split=split,
         warmup_steps=args.warmup_steps, schedule=args.schedule, keep_checkpoints=args.keep_checkpoints,
         fsdp=args.fsdp, holdout=holdout, holdout_seed=args.holdout_seed, batching=args.batching,
-        lora_kernel=args.lora_kernel,
+        lora_kernel=args.lora_kernel, eval_every=args.eval_every, patience=args.patience,
     )
     saved = res.model_dir if args.full else res.adapter_dir
     accuracy = None
@@ -131,4 +137,9 @@ def run(args: argparse.Namespace) -> int:
           accuracy if accuracy is not None else "-"]],
         ["task", "steps", "final loss", "time", "saved to", "accuracy"],
     )
+    es = res.recipe.get("early_stopping")
+    if es:
+        print(f"early stopping: kept step {es['best_step']} (held-out accuracy {es['best_accuracy']:.3f}, "
+              f"n = {es['examples']}); last step trained {es['last_step']}"
+              + (" (stopped early)" if es["stopped_early"] else ""))
     return 0

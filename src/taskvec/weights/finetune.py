@@ -38,7 +38,6 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +54,8 @@ from taskvec.weights.checkpoint import (
     truncate_log,
     write_json,
 )
+from taskvec.weights.early_stop import FOLDER as EARLY_STOPPING
+from taskvec.weights.early_stop import EarlyStopper, check_early_stopping
 from taskvec.weights.finetune_data import (
     ExampleOrder,
     TrainBatch,
@@ -76,6 +77,7 @@ from taskvec.weights.finetune_options import (
     step_seed,
 )
 from taskvec.weights.finetune_pack import choose_batching
+from taskvec.weights.finetune_result import FinetuneResult, restore_base, unload_adapters
 from taskvec.weights.lora_kernel import LORA_KERNELS, fused_lora, wrap_lora
 
 __all__ = [
@@ -92,6 +94,7 @@ __all__ = [
     "finetune",
     "parse_targets",
     "resolve_targets",
+    "unload_adapters",
 ]
 
 CHECKPOINTS = "checkpoints"
@@ -104,57 +107,6 @@ _RESUME_KEYS = (
 )
 
 StepCallback = Callable[[int, float], None]
-
-
-# -- result --------------------------------------------------------------------------------
-@dataclass
-class FinetuneResult:
-    """What :func:`finetune` wrote and the trained model (``PeftModel``, or a copy if full)."""
-
-    out_dir: Path
-    adapter_dir: Path | None
-    model_dir: Path | None
-    final_loss: float
-    losses: list[float]
-    seconds: float
-    recipe: dict[str, Any]
-    model: Any = field(default=None, repr=False)
-    _restore: dict[str, Any] = field(default_factory=dict, repr=False)
-    sharded: bool = False
-
-    @property
-    def full(self) -> bool:
-        return self.model_dir is not None
-
-    def unload(self) -> Any:
-        """Remove the LoRA modules (no merge) and return the caller's base model as it was."""
-        if self.full:
-            return self.model
-        if self.sharded:
-            raise UserInputError("an FSDP-trained model stays sharded; load the saved adapter instead.")
-        base = unload_adapters(self.model)
-        _restore_base(base, self._restore)
-        return base
-
-
-def unload_adapters(peft_model: Any) -> Any:
-    """Remove a PEFT model's LoRA modules without merging; return the plain base model.
-
-    peft < 0.18 leaves its ``peft_config`` attribute on the base: it is removed here, so the
-    base is as it was before the adapters (and can be fine-tuned again).
-    """
-    base = peft_model.unload()
-    if "peft_config" in vars(base):
-        del base.peft_config
-    return base
-
-
-def _restore_base(base: Any, restore: dict[str, Any]) -> None:
-    flags = restore.get("requires_grad", {})
-    for name, p in base.named_parameters():
-        if name in flags:
-            p.requires_grad_(flags[name])
-    base.train(restore.get("training", False))
 
 
 # -- training ------------------------------------------------------------------------------
@@ -201,6 +153,8 @@ def finetune(
     holdout_seed: int = 0,
     batching: str = "auto",
     lora_kernel: str = "fused",
+    eval_every: int = 0,
+    patience: int = 0,
 ) -> FinetuneResult:
     """Fine-tune ``model`` on ``task``'s train split; write ``out_dir/adapter`` (or ``model``).
 
@@ -223,6 +177,9 @@ def finetune(
     and data order either way (``recipe.batching`` says which ran). ``lora_kernel="fused"``
     runs the LoRA linears through :mod:`taskvec.weights.lora_kernel`, ``"peft"`` through PEFT's
     forward: the same function to float rounding (``recipe.lora_kernel``; FSDP: ``"peft"``).
+    ``eval_every=K`` (needs ``holdout``) evaluates on the held-out slice every K steps, keeps the
+    best step's weights and stops after ``patience`` evaluations without improvement
+    (:mod:`taskvec.weights.early_stop`; ``recipe.early_stopping``).
     """
     from tqdm.auto import tqdm
 
@@ -248,6 +205,7 @@ def finetune(
     if not examples:
         raise UserInputError(f"task {task.name} split {split} has no examples to train on.")
     rank, world_size = dist.world()
+    check_early_stopping(eval_every, patience, holdout, world_size)
     if fsdp and world_size == 1:
         raise UserInputError("--fsdp needs several processes: launch with `torchrun --nproc_per_node N` "
                              "or `accelerate launch`, or drop --fsdp.")
@@ -279,6 +237,8 @@ def finetune(
     config["lora_kernel"] = None if full else ("peft" if fsdp else lora_kernel)
     if holdout:  # only then, so runs started before this option still resume
         config |= {"holdout": holdout, "holdout_seed": holdout_seed}
+    if eval_every:
+        config |= {"eval_every": eval_every, "patience": patience}
     ckpt = latest_checkpoint(out / CHECKPOINTS) if resume else None
     if ckpt is not None:
         _check_resume(ckpt.state, config, ckpt.path)
@@ -301,6 +261,15 @@ def finetune(
             p.requires_grad_(True)
     else:
         train_model = wrap_lora(model, suffixes, lora_r, lora_alpha, conv1d, seed)
+    stopper = None
+    if eval_every:
+        from taskvec.eval import evaluate
+        from taskvec.weights.search import SEARCH_SPLIT
+
+        held = task.load(SEARCH_SPLIT)
+        stopper = EarlyStopper(out, eval_every, patience, lambda m: evaluate(  # the wrapped base: fast paths
+            getattr(m, "get_base_model", lambda: m)(), tok, task, examples=held, progress=False).accuracy, len(held),
+            ckpt.state.get("early_stopping") if ckpt else None)
     kernel = fused_lora(train_model) if config["lora_kernel"] == "fused" else contextlib.nullcontext()
     try:
         with kernel:
@@ -310,7 +279,10 @@ def finetune(
                 max_grad_norm=max_grad_norm, max_length=max_length, seed=seed,
                 checkpoint_every=checkpoint_every, progress=progress and rank == 0, callback=callback,
                 tqdm=tqdm, rank=rank, world_size=world_size, fsdp=fsdp, batching=config["batching"],
+                stopper=stopper,
             )
+        if stopper is not None:
+            stopper.restore_best([(n, p) for n, p in train_model.named_parameters() if p.requires_grad])
         train_model.eval()
         target_dir = out / ("model" if full else "adapter")
         if fsdp:
@@ -327,7 +299,8 @@ def finetune(
                 if full:
                     tok.save_pretrained(str(tmp))
         recipe = {
-            **config, "steps": steps, "examples_seen": steps * batch_size, "world_size": world_size,
+            **config, "steps": steps, "trained_steps": len(losses), "examples_seen": len(losses) * batch_size,
+            "world_size": world_size,
             "final_loss": losses[-1], "mean_loss_last_10": sum(losses[-10:]) / len(losses[-10:]),
             "seconds": round(seconds, 3), "resumed_from_step": ckpt.step if ckpt else None,
             "device": str(next(train_model.parameters()).device),
@@ -336,15 +309,18 @@ def finetune(
             "versions": library_versions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
+        if stopper is not None:
+            recipe["early_stopping"] = stopper.record(steps)
         if rank == 0:
             write_json(out / "recipe.json", recipe)
         dist.barrier()  # the adapter and recipe exist before any rank returns
     except BaseException:
         if not full and not fsdp:  # leave the caller's model as it came (a sharded one cannot be)
-            _restore_base(unload_adapters(train_model), restore)
+            restore_base(unload_adapters(train_model), restore)
         raise
     if not keep_checkpoints and rank == 0:
         shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
+        shutil.rmtree(out / EARLY_STOPPING, ignore_errors=True)
     return FinetuneResult(
         out_dir=out, adapter_dir=None if full else target_dir, model_dir=target_dir if full else None,
         final_loss=losses[-1], losses=losses, seconds=seconds, recipe=recipe, model=train_model,
@@ -358,7 +334,7 @@ def _train(
     weight_decay: float,
     max_grad_norm: float | None, max_length: int, seed: int, checkpoint_every: int,
     progress: bool, callback: StepCallback | None, tqdm: Any, rank: int = 0, world_size: int = 1,
-    fsdp: bool = False, batching: str = "length-grouped",
+    fsdp: bool = False, batching: str = "length-grouped", stopper: EarlyStopper | None = None,
 ) -> tuple[list[float], float]:
     """The training loop; returns (per-step losses, cumulative seconds).
 
@@ -446,6 +422,7 @@ def _train(
                                       "seconds": round(now - t_step, 4),
                                       "elapsed": round(seconds, 3), "tokens": n_tok}) + "\n")
                 log.flush()
+                stop = stopper is not None and stopper.due(step, steps) and stopper.update(step, model, params)
                 if checkpoint_every and step % checkpoint_every == 0 and step < steps:
                     if fsdp:  # gather full tensors to rank 0 (collective: every rank calls)
                         ck_weights = finetune_fsdp.full_weights(model, names)
@@ -455,7 +432,8 @@ def _train(
                     if main:
                         save_checkpoint(
                             out / CHECKPOINTS, step, ck_weights, ck_opt,
-                            {"losses": losses, "seconds": seconds, "config": config},
+                            {"losses": losses, "seconds": seconds, "config": config,
+                             **({"early_stopping": stopper.state()} if stopper else {})},
                             keep=KEEP_CHECKPOINTS,
                         )
                     dist.barrier()  # the checkpoint is on disk before any rank goes on (or dies)
@@ -463,6 +441,8 @@ def _train(
                 bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.4f}")
                 if callback is not None:
                     callback(step, value)
+                if stop:
+                    break
     finally:
         bar.close()
     return losses, prev_seconds + (time.perf_counter() - t0)
