@@ -72,9 +72,15 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 def make_recipe(model: str, steps: int = 150, batch_size: int = 8, lr: float = 1e-3, lora_r: int = 8,
                 lora_alpha: float = 16, warmup_steps: int = 0, seed: int = 0, max_length: int = 128,
-                holdout: int = 200, holdout_seed: int = 0, schedule: str = "constant") -> dict[str, Any]:
-    """The training recipe that identifies a cached vector (JSON-comparable)."""
-    return {"model": model, "steps": steps, "batch_size": batch_size, "lr": lr, "lora_r": lora_r,
+                holdout: int = 200, holdout_seed: int = 0, schedule: str = "constant",
+                eval_every: int = 0, patience: int = 0) -> dict[str, Any]:
+    """The training recipe that identifies a cached vector (JSON-comparable).
+
+    Early stopping (``eval_every`` > 0) adds its two keys; without it the recipe is the one of
+    collections built before the option existed, so they stay cached.
+    """
+    early = {"eval_every": eval_every, "patience": patience} if eval_every else {}
+    return early | {"model": model, "steps": steps, "batch_size": batch_size, "lr": lr, "lora_r": lora_r,
             "lora_alpha": lora_alpha, "warmup_steps": warmup_steps, "schedule": schedule, "seed": seed,
             "max_length": max_length,
             "targets": list(DEFAULT_TARGETS), "holdout": holdout, "holdout_seed": holdout_seed}
@@ -130,8 +136,9 @@ def build_task(model: Any, tok: Any, name: str, out: Path, recipe: dict[str, Any
             model, tok, task, run_dir, steps=recipe["steps"], batch_size=recipe["batch_size"], lr=recipe["lr"],
             lora_r=recipe["lora_r"], lora_alpha=recipe["lora_alpha"], targets=recipe["targets"],
             warmup_steps=recipe["warmup_steps"], schedule=recipe["schedule"], seed=recipe["seed"],
-            max_length=recipe["max_length"],
-            split=FIT_SPLIT, resume=True, progress=progress,
+            max_length=recipe["max_length"], eval_every=recipe.get("eval_every", 0),
+            patience=recipe.get("patience", 0), holdout=recipe["holdout"] if recipe.get("eval_every") else 0,
+            holdout_seed=recipe["holdout_seed"], split=FIT_SPLIT, resume=True, progress=progress,
         )
         ft_model, unload, train_seconds = res.model, res.unload, res.seconds
     try:
@@ -148,14 +155,26 @@ def build_task(model: Any, tok: Any, name: str, out: Path, recipe: dict[str, Any
             "recipe": ft_recipe | {"holdout": recipe["holdout"], "holdout_seed": recipe["holdout_seed"]}}
     TaskVector.from_peft(run_dir / "adapter", metadata=meta).save(vec_path)
     row = _row(task, zs, ft, train_seconds, recipe, ev, vec_path)
+    if ft_recipe.get("early_stopping"):
+        es = ft_recipe["early_stopping"]
+        row["early_stopping"] = {k: es[k] for k in ("best_step", "best_accuracy", "last_step", "stopped_early")}
     write_json(json_path, row)
     return row | {"status": "trained"}, model
 
 
 def _row(task: Any, zs: Any, ft: Any, train_seconds: float | None, recipe: dict[str, Any],
          ev: dict[str, Any], vec_path: Path) -> dict[str, Any]:
+    """One task's accuracies with 95% Wilson intervals and the exact McNemar test of fine-tuned
+    vs zero-shot on the same examples (``above_zero_shot``: better and p < 0.05)."""
+    from taskvec.eval.stats import mcnemar, wilson
+
+    t = mcnemar(ft.correct, zs.correct)
     return {"task": task.name, "split": task.eval_split, "n": ft.n, "finetuned_accuracy": ft.accuracy,
-            "zero_shot_accuracy": zs.accuracy, "train_seconds": train_seconds, "recipe": recipe, "eval": ev,
+            "zero_shot_accuracy": zs.accuracy, "finetuned_ci95": list(wilson(sum(ft.correct), ft.n)),
+            "zero_shot_ci95": list(wilson(sum(zs.correct), zs.n)),
+            "vs_zero_shot": {"only_finetuned": t.only_a, "only_zero_shot": t.only_b, "p_value": t.p_value,
+                             "above_zero_shot": t.significant and ft.accuracy > zs.accuracy},
+            "train_seconds": train_seconds, "recipe": recipe, "eval": ev,
             "vector": vec_path.name, "eval_seconds": round(zs.seconds + ft.seconds, 3)}
 
 
@@ -174,6 +193,7 @@ def build(model: Any, tok: Any, tasks: list[str], out: Path, recipe: dict[str, A
         "model": recipe["model"], "base_fingerprint": base_fingerprint, "recipe": recipe,
         "eval_limit": eval_limit, "holdout": {"n": recipe["holdout"], "seed": recipe["holdout_seed"]},
         "tasks": {k: {f: r.get(f) for f in ("split", "n", "finetuned_accuracy", "zero_shot_accuracy",
+                                             "finetuned_ci95", "zero_shot_ci95", "vs_zero_shot", "early_stopping",
                                              "train_seconds", "vector", "status", "seconds_this_run")}
                   for k, r in rows.items()},
         "train_seconds_total": round(sum(r.get("train_seconds") or 0.0 for r in rows.values()), 1),
@@ -210,6 +230,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--holdout", type=int, default=200, help="held-out train examples per task for coefficient search")
     p.add_argument("--eval-limit", type=int, default=500, help="eval examples per task (0: all)")
+    p.add_argument("--eval-every", type=int, default=0,
+                   help="early stopping: score the held-out slice every K steps, keep the best step (0: off)")
+    p.add_argument("--patience", type=int, default=0, help="stop after P evaluations without improvement")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true")
     return p.parse_args(argv)
@@ -233,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.holdout < 1 or args.eval_limit < 0:
             raise UserInputError("--holdout must be >= 1 and --eval-limit >= 0.")
         recipe = make_recipe(args.model, args.steps, args.batch_size, args.lr, args.lora_r, args.lora_alpha,
-                             args.warmup_steps, args.seed, holdout=args.holdout, schedule=args.schedule)
+                             args.warmup_steps, args.seed, holdout=args.holdout, schedule=args.schedule,
+                             eval_every=args.eval_every, patience=args.patience)
         model, tok = load_model(args.model, device=args.device)
         fp = fingerprint(model_dir(args.model))
         log = (lambda s: print(s, file=sys.stderr)) if args.json else print

@@ -33,6 +33,25 @@ def collection(tmp_path_factory):
     mp.undo()
 
 
+def test_collection_rows_carry_intervals_paired_test_and_early_stopping(collection, tmp_path):
+    row = json.loads((collection / "sst2.json").read_text())
+    lo, hi = row["finetuned_ci95"]
+    assert lo <= row["finetuned_accuracy"] <= hi and row["n"] == 6
+    vz = row["vs_zero_shot"]
+    assert set(vz) == {"only_finetuned", "only_zero_shot", "p_value", "above_zero_shot"} and 0 <= vz["p_value"] <= 1
+    # early stopping: a one-task collection, the held-out slice scored every step
+    bc = importlib.import_module("build_collection")
+    tiny = collection.parent / "tiny"
+    rc = bc.main(["--out", str(tmp_path / "es"), "--model", str(tiny), "--tasks", "sst2", "--steps", "3",
+                  "--batch-size", "4", "--eval-limit", "6", "--holdout", "12", "--eval-every", "1",
+                  "--patience", "1", "--no-progress"])
+    assert rc == 0
+    es = json.loads((tmp_path / "es" / "sst2.json").read_text())
+    assert es["recipe"]["eval_every"] == 1 and es["early_stopping"]["best_step"] in (1, 2, 3)
+    summary = json.loads((tmp_path / "es" / "collection.json").read_text())
+    assert summary["tasks"]["sst2"]["early_stopping"] == es["early_stopping"]
+
+
 def test_merge_report_on_tiny_collection(collection, capsys):
     mr = importlib.import_module("merge_report")
     rc = mr.main(["--collection", str(collection), "--methods", "task_arithmetic,ties", "--grid", "0.5,1",
