@@ -283,6 +283,8 @@ def _write_task(root: Path) -> Path:
         (["--targets", "q,qq"], "unknown LoRA target"),
         (["--task", "no-such-task"], 'unknown task "no-such-task"'),
         (["--eval-limit", "-3"], "--eval-limit"),
+        (["--patience", "3"], "--patience needs --eval-every"),
+        (["--eval-every", "10", "--holdout", "0"], "keep --holdout > 0"),
     ],
 )
 def test_cli_validation_errors(tmp_path, capsys, extra, message):

@@ -99,6 +99,10 @@ def run(args: argparse.Namespace) -> int:
     if holdout and split != task.train_split:
         raise UserInputError(f"--holdout applies to the train split ({task.train_split}), not {split}: "
                              "pass --holdout 0 to train on another split.")
+    from taskvec import dist
+    from taskvec.weights.early_stop import check_early_stopping
+
+    check_early_stopping(args.eval_every, args.patience, holdout, dist.world()[1])
 
     model, tok = load_model(args.model, dtype=args.dtype, device=args.device)
     res = finetune(
@@ -121,7 +125,6 @@ def run(args: argparse.Namespace) -> int:
         ev = evaluate(net, tok, task, split=task.eval_split, limit=args.eval_limit,
                       batch_size=args.eval_batch_size, progress=show_progress(args))
         accuracy, eval_out = ev.accuracy, ev.to_dict()
-    from taskvec import dist
 
     if not dist.is_main():  # under torchrun / accelerate launch only rank 0 prints
         return 0
