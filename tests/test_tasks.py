@@ -26,6 +26,8 @@ from taskvec.tasks.icl import ICL_FILES
 from taskvec.tasks.task import template_fields
 
 CLASSIFICATION = ["ag_news", "cola", "mnli", "mrpc", "qnli", "qqp", "rte", "sst2", "trec"]
+OWN_WORDS = ["mnli-own-words", "qnli-own-words", "qqp-own-words", "rte-own-words", "mrpc-own-words",
+             "cola-own-words"]
 DATA = resources.files("taskvec.tasks").joinpath("data")
 ALL_NAMES = [t.name for t in list_tasks()]
 
@@ -40,7 +42,8 @@ def test_registry_lists_all_builtin_tasks():
     assert set(CLASSIFICATION) <= names
     icl_names = {("icl-ag_news" if f == "ag_news" else f) for fs in ICL_FILES.values() for f in fs}
     assert icl_names <= names
-    assert len(names) == len(ALL_NAMES) == len(CLASSIFICATION) + 51
+    assert set(OWN_WORDS) <= names
+    assert len(names) == len(ALL_NAMES) == len(CLASSIFICATION) + len(OWN_WORDS) + 51
     assert get_task("ag_news").kind == "classification"
     assert get_task("icl-ag_news").kind == "generation"
     for name in ("antonym", "capitalize", "country-capital", "english-french", "present-past"):
@@ -385,3 +388,36 @@ def test_user_task_gz_data(tmp_path):
     (tmp_path / "train.jsonl.gz").write_bytes(gzip.compress("\n".join(LINES).encode()))
     path = _write(tmp_path, YAML.replace("train.jsonl,", "train.jsonl.gz,"))
     assert len(load_task_file(path).load("train")) == 2
+
+
+
+@pytest.mark.parametrize("name", OWN_WORDS)
+def test_own_words_variant_has_the_base_data_and_distinct_words(name):
+    task, base = get_task(name), get_task(name.removesuffix("-own-words"))
+    assert task.splits == base.splits and task.eval_split == base.eval_split
+    assert task.labels() == base.labels()
+    for split in task.splits:
+        assert task.load(split, limit=50) == base.load(split, limit=50)
+    words = task.choices()
+    assert len(set(words)) == len(words) and not any(b != a and b.startswith(a) for a in words for b in words)
+    assert not set(words) & {" yes", " no", " maybe"}
+
+
+def test_own_words_collection_shares_no_label_word_across_tasks():
+    """The nine-task collection answers with 25 words, 6 of them from 6 tasks sharing " yes"/" no";
+    the own-words variant has no word used by two tasks."""
+    from collections import Counter
+
+    base = Counter(w for n in CLASSIFICATION for w in set(get_task(n).choices()))
+    assert base[" yes"] == 6 and base[" no"] == 6
+    own = [n if n in ("sst2", "trec", "ag_news") else f"{n}-own-words" for n in CLASSIFICATION]
+    counts = Counter(w for n in own for w in set(get_task(n).choices()))
+    assert max(counts.values()) == 1
+
+
+@pytest.mark.slow
+def test_own_words_are_single_tokens_of_the_embedded_model(embedded):
+    _, tok = embedded
+    for name in OWN_WORDS:
+        for w in get_task(name).choices():
+            assert len(tok.encode(w, add_special_tokens=False)) == 1, (name, w)

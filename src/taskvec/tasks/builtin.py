@@ -120,6 +120,44 @@ CLASSIFICATION_SPECS: dict[str, dict] = {
 }
 
 
+#: The six yes/no tasks with answer words of their own (``<task>-own-words``): same data, a
+#: question that names the two (or three) answers, and label words no other built-in task uses
+#: (single SmolLM2 tokens). Merging tasks that all answer " yes"/" no" mixes their label words;
+#: these variants measure that effect (docs/merging.md, "Label words").
+OWN_WORDS_SPECS: dict[str, dict] = {
+    "mnli": dict(
+        template="Premise: {premise}\nHypothesis: {hypothesis}\n"
+        "Is the hypothesis implied by the premise, neutral, or a contradiction?" + _ANSWER,
+        label_words={"entailment": " implied", "neutral": " neutral", "contradiction": " contradiction"},
+    ),
+    "qnli": dict(
+        template="Question: {premise}\nSentence: {hypothesis}\n"
+        "Is the question answered or unanswered by the sentence?" + _ANSWER,
+        label_words={"entailment": " answered", "not_entailment": " unanswered"},
+    ),
+    "qqp": dict(
+        template="Question 1: {premise}\nQuestion 2: {hypothesis}\n"
+        "Are the two questions duplicate or distinct?" + _ANSWER,
+        label_words={"not_duplicate": " distinct", "duplicate": " duplicate"},
+    ),
+    "rte": dict(
+        template="Premise: {premise}\nHypothesis: {hypothesis}\n"
+        "Given the premise, is the hypothesis true or false?" + _ANSWER,
+        label_words={"entailment": " true", "not_entailment": " false"},
+    ),
+    "mrpc": dict(
+        template="Sentence 1: {premise}\nSentence 2: {hypothesis}\n"
+        "Are the two sentences equivalent or different in meaning?" + _ANSWER,
+        label_words={"not_equivalent": " different", "equivalent": " equivalent"},
+    ),
+    "cola": dict(
+        template="Sentence: {text}\nIs this sentence grammatically correct or incorrect?" + _ANSWER,
+        label_words={"unacceptable": " incorrect", "acceptable": " correct"},
+    ),
+}
+OWN_WORDS_SUFFIX = "-own-words"
+
+
 def load_packaged_split(task_name: str, split: str) -> list[dict]:
     """Read ``data/<task>/<split>.jsonl.gz`` from the package."""
     where = f"taskvec/tasks/data/{task_name}/{split}.jsonl.gz"
@@ -137,4 +175,15 @@ def classification_tasks() -> list[Task]:
             **spec,
         )
         for name, spec in CLASSIFICATION_SPECS.items()
+    ] + [
+        Task(
+            name=name + OWN_WORDS_SUFFIX,
+            kind="classification",
+            metric="accuracy",
+            loader=partial(load_packaged_split, name),
+            **(CLASSIFICATION_SPECS[name] | own | {
+                "description": CLASSIFICATION_SPECS[name]["description"].rstrip(".")
+                + f"; answer words of its own ({', '.join(w.strip() for w in own['label_words'].values())})."}),
+        )
+        for name, own in OWN_WORDS_SPECS.items()
     ]
