@@ -12,6 +12,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from taskvec.models import TINY_ARCHS, tiny_model
+from taskvec.weights import lora_kernel
 from taskvec.weights.finetune import finetune
 from taskvec.weights.lora_kernel import fused_lora, lora_linear, wrap_lora
 from tolerance import gamma
@@ -179,3 +180,22 @@ def test_bench_lora_kernel_interval_and_smoke_run(tmp_path, monkeypatch):
     d = json.loads(out.read_text())
     assert len(d["rows"]) == 3 and {r["first"] for r in d["rows"]} == {"fused", "peft"}
     assert d["max_rel_loss_diff"] < 1e-5
+
+
+def test_autocast_runs_peft_forward(monkeypatch):
+    """Under CPU autocast the kernel steps aside (PEFT's forward casts as autocast wants)."""
+    model = _peft_model("llama")
+    ids = torch.randint(3, 200, (1, 5), generator=torch.Generator().manual_seed(4))
+    calls = []
+
+    def spy(*a):
+        calls.append(1)
+        return lora_linear(*a)
+
+    monkeypatch.setattr(lora_kernel, "lora_linear", spy)
+    with torch.no_grad(), fused_lora(model):
+        model(input_ids=ids)
+        n_plain = len(calls)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model(input_ids=ids)
+    assert n_plain > 0 and len(calls) == n_plain

@@ -108,7 +108,7 @@ def _active(module: Any) -> str | None:
 
 
 def _fused_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-    name = None if (args or kwargs or torch.is_autocast_enabled()) else _active(self)
+    name = None if (args or kwargs or torch.is_autocast_enabled(x.device.type)) else _active(self)
     if name is not None:
         base = self.base_layer
         a, b = self.lora_A[name].weight, self.lora_B[name].weight
