@@ -6,8 +6,9 @@ held-out examples; then the mean over tasks of each column (over the tasks that 
 parameter counts.
 
 Where the rows carry per-example results (taskvec >= 0.9: ``ci95``, ``correct``), each cell also
-shows its 95% Wilson interval, and a second table gives the soft vector's paired difference to
-the ICL row with most shots per task (exact McNemar) and pooled over all examples of all tasks.
+shows its 95% Wilson interval, a second table gives the soft vector's paired difference to
+the ICL row with most shots per task (exact McNemar) and pooled over all examples of all tasks,
+and a third every method's paired difference to zero-shot per task.
 """
 
 from __future__ import annotations
@@ -71,6 +72,24 @@ def paired_rows(table: list[tuple[str, int, dict]], vec: str = "soft_task_vector
     return out
 
 
+def vs_zero_shot_rows(table: list[tuple[str, int, dict]]) -> list[str]:
+    """Per task: every other column's difference to zero-shot on the same examples, exact McNemar."""
+    out = []
+    for task, _, c in table:
+        zs = c.get("zero-shot")
+        if zs is None or zs.get("correct") is None:
+            continue
+        cells_ = []
+        for k, h in COLUMNS:
+            if k == "zero-shot" or k not in c or c[k].get("correct") is None:
+                continue
+            t = mcnemar([bool(x) for x in c[k]["correct"]], [bool(x) for x in zs["correct"]])
+            sig = "*" if t.significant and t.a_correct > t.b_correct else ""
+            cells_.append(f"{h} {100 * (t.a_correct - t.b_correct) / t.n:+.1f} (p = {t.p_value:.2g}){sig}")
+        out.append(f"| {task} | " + "; ".join(cells_) + " |")
+    return out
+
+
 def main(paths: list[str]) -> None:
     table = []
     for p in paths:
@@ -103,6 +122,13 @@ def main(paths: list[str]) -> None:
         print("\nSoft task vector vs ICL on the same examples (exact McNemar; difference in points):\n")
         print("| task | against | n | difference | only soft / only ICL | p | significant |")
         print("|---|---|---:|---:|---:|---:|---|")
+        print("\n".join(rows))
+    rows = vs_zero_shot_rows(table)
+    if rows:
+        print("\nEach method vs zero-shot on the same examples (points; exact McNemar p; * = significantly "
+              "above):\n")
+        print("| task | differences |")
+        print("|---|---|")
         print("\n".join(rows))
 
 

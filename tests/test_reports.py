@@ -139,3 +139,5 @@ def test_soft_table_intervals_and_paired(tmp_path, capsys, monkeypatch):
     assert f"0.800 [{plo:.3f}, {phi:.3f}] (n=10)" in out
     assert "| a | 10-shot ICL | 4 | +50.0 | 2 / 0 | 0.5 | no |" in out
     assert "| **pooled** | | 10 | +50.0 | 5 / 0 | 0.062 | no |" in out
+    # vs zero-shot (all wrong): task b, soft 5 of 6 -> 5 / 0 discordant, p = 2 / 2**5; ICL 2 / 0, p = 0.5
+    assert "| b | 10-shot +33.3 (p = 0.5); soft task vector +83.3 (p = 0.062) |" in out
