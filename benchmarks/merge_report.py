@@ -6,7 +6,9 @@ Usage:
         [--method-grid ties=0.5:2.0:0.25] [--param ties:density=0.2] [--search-limit 100] \
         [--eval-limit 500] [--negate sst2:ag_news] [--negate-grid 0.1:2.0:0.1]
 
-For each method: ``lambda`` is chosen by ``taskvec.weights.search.search_coefficients`` on the
+Every accuracy carries its 95% Wilson interval and per-example results; the methods are ranked by
+pooled accuracy and each is tested against task_arithmetic on the same examples (exact McNemar,
+pooled over all tasks, and per task). For each method: ``lambda`` is chosen by ``taskvec.weights.search.search_coefficients`` on the
 held-out train slice of every task (the slice ``build_collection.py`` did not train on, read
 from ``collection.json``), then the merged vector at that ``lambda`` is applied in memory and
 every task is evaluated on its eval split. Normalized accuracy = merged accuracy / the task's
@@ -52,6 +54,7 @@ def run_method(model: Any, tok: Any, method: str, vectors: list[Any], tasks: lis
                key: dict[str, Any], progress: bool) -> dict[str, Any]:
     """Search lambda on the held-out slices, then evaluate the merged model on every eval split."""
     from taskvec.eval import evaluate
+    from taskvec.eval.stats import wilson
     from taskvec.weights.search import applied, merged_at, search_coefficients
 
     t0 = time.perf_counter()
@@ -65,6 +68,7 @@ def run_method(model: Any, tok: Any, method: str, vectors: list[Any], tasks: lis
             r = evaluate(model, tok, t, limit=key["eval_limit"], batch_size=key["batch_size"], progress=progress)
             ft = coll["tasks"][t.name]["finetuned_accuracy"]
             per_task[t.name] = {"accuracy": r.accuracy, "n": r.n, "split": r.split,
+                                "ci95": list(wilson(sum(r.correct), r.n)), "correct": [int(c) for c in r.correct],
                                 "normalized": r.accuracy / ft if ft else None}
     return {"key": key, "lambda": res.best.lam, "search": res.to_dict(), "tasks": per_task,
             "mean_accuracy": mean([v["accuracy"] for v in per_task.values()]),
@@ -76,6 +80,37 @@ def _cell(v: float | None, pct: bool = False) -> str:
     if v is None:
         return "-"
     return f"{100 * v:.1f}%" if pct else f"{v:.3f}"
+
+
+def paired_table(report: dict[str, Any], ref: str = "task_arithmetic") -> list[str]:
+    """Pooled accuracy (all examples of all tasks) with its Wilson interval per method, ranked, and
+    the exact McNemar test of each method against ``ref`` on the same examples (pooled, and the
+    number of tasks where it is significantly better / worse)."""
+    from taskvec.eval.stats import mcnemar, wilson
+
+    tasks, methods = report["tasks"], report["methods"]
+    have = {m: v for m, v in methods.items() if all("correct" in v["tasks"][t] for t in tasks)}
+    if not have:
+        return []
+    pooled = {m: [bool(c) for t in tasks for c in v["tasks"][t]["correct"]] for m, v in have.items()}
+    rows = ["| rank | method | lambda | pooled accuracy [95% CI] | n | vs " + ref + " (points) | discordant | p "
+            "| significant | tasks better / worse (p < 0.05) |", "|---:|---|---|---|---:|---:|---:|---:|---|---|"]
+    ranked = sorted(have, key=lambda m: -sum(pooled[m]))
+    for i, m in enumerate(ranked, 1):
+        k, n = sum(pooled[m]), len(pooled[m])
+        lo, hi = wilson(k, n)
+        cells = ["-", "-", "-", "-", "-"]
+        if ref in pooled and m != ref:
+            t = mcnemar(pooled[m], pooled[ref])
+            per = [mcnemar([bool(c) for c in have[m]["tasks"][x]["correct"]],
+                           [bool(c) for c in have[ref]["tasks"][x]["correct"]]) for x in tasks]
+            better = sum(1 for q in per if q.significant and q.a_correct > q.b_correct)
+            worse = sum(1 for q in per if q.significant and q.a_correct < q.b_correct)
+            cells = [f"{100 * (t.a_correct - t.b_correct) / n:+.1f}", f"{t.only_a} / {t.only_b}", f"{t.p_value:.2g}",
+                     "yes" if t.significant else "no", f"{better} / {worse}"]
+        rows.append(f"| {i} | {m} | {have[m]['lambda']:g} | {k / n:.3f} [{lo:.3f}, {hi:.3f}] | {n} | "
+                    + " | ".join(cells) + " |")
+    return rows
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -102,6 +137,10 @@ def markdown(report: dict[str, Any]) -> str:
     out = [f"Model {report['model']}; eval: first {s['eval_limit'] or 'all'} examples of each eval split; "
            f"lambda chosen on {s['search_limit'] or 'all'} held-out train examples per task.", "",
            "Accuracy:", "", *abs_rows, "", "Normalized accuracy (merged / individual fine-tuned):", "", *norm_rows]
+    paired = paired_table(report)
+    if paired:
+        out += ["", "Methods ranked by pooled accuracy, each against task_arithmetic on the same examples "
+                "(exact McNemar):", "", *paired]
     neg = report.get("negation")
     if neg:
         out += ["", f"Negation of {neg['target']} (control {neg['control']}, rule: control >= "
@@ -170,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
             key = {"method": m, "grid": grids[m], "params": params.get(m, {}), "tasks": names,
                    "search_limit": args.search_limit, "eval_limit": eval_limit, "holdout": coll["holdout"],
                    "batch_size": args.batch_size, "base_fingerprint": coll["base_fingerprint"],
-                   "collection_recipe": coll["recipe"]}
+                   "collection_recipe": coll["recipe"], "per_example": True}
             path = cache / f"{m}.json"
             old = read_json(path)
             if old and old.get("key") == key:

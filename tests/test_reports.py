@@ -64,7 +64,26 @@ def test_merge_report_on_tiny_collection(collection, capsys):
         assert set(m["tasks"]) == {"sst2", "trec", "cola", "rte"}
         assert all(0.0 <= t["accuracy"] <= 1.0 for t in m["tasks"].values())
     assert rep["negation"]["target"] == "sst2"
-    assert "| task_arithmetic |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| task_arithmetic |" in out and "Methods ranked by pooled accuracy" in out
+    for m in rep["methods"].values():
+        for t in m["tasks"].values():
+            assert len(t["correct"]) == t["n"] and abs(sum(t["correct"]) / t["n"] - t["accuracy"]) < 1e-6
+
+
+def test_merge_report_paired_table_by_hand():
+    mr = importlib.import_module("merge_report")
+    ta = {"x": [1, 0, 0, 0], "y": [1, 1, 0, 0]}   # 3 of 8
+    ti = {"x": [1, 1, 1, 1], "y": [1, 1, 1, 0]}   # 7 of 8: ti-only 4, ta-only 0 -> p = 2 / 2**4
+    report = {"tasks": ["x", "y"], "methods": {
+        m: {"lambda": lam, "tasks": {t: {"correct": c} for t, c in cs.items()}}
+        for m, lam, cs in (("task_arithmetic", 0.3, ta), ("ties", 1.0, ti))}}
+    from taskvec.eval.stats import wilson
+
+    rows = mr.paired_table(report)
+    lo, hi = wilson(7, 8)
+    assert rows[2] == f"| 1 | ties | 1 | 0.875 [{lo:.3f}, {hi:.3f}] | 8 | +50.0 | 4 / 0 | 0.12 | no | 0 / 0 |"
+    assert rows[3].startswith("| 2 | task_arithmetic | 0.3 | 0.375 [")
 
 
 def test_basis_report_on_tiny_collection(collection, capsys):
