@@ -60,7 +60,8 @@ def run_method(model: Any, tok: Any, method: str, vectors: list[Any], tasks: lis
     t0 = time.perf_counter()
     res = search_coefficients(model, tok, vectors, tasks, method=method, grid=key["grid"], params=key["params"],
                               limit=key["search_limit"], holdout=coll["holdout"]["n"],
-                              seed=coll["holdout"]["seed"], batch_size=key["batch_size"], progress=progress)
+                              seed=coll["holdout"]["seed"], batch_size=key["batch_size"], progress=progress,
+                              per_task=key.get("per_task", False))
     merged = merged_at(vectors, method, key["params"], res.best)
     per_task: dict[str, dict[str, Any]] = {}
     with applied(model, merged):
@@ -71,6 +72,7 @@ def run_method(model: Any, tok: Any, method: str, vectors: list[Any], tasks: lis
                                 "ci95": list(wilson(sum(r.correct), r.n)), "correct": [int(c) for c in r.correct],
                                 "normalized": r.accuracy / ft if ft else None}
     return {"key": key, "lambda": res.best.lam, "search": res.to_dict(), "tasks": per_task,
+            "coefficients": list(res.best.coefficients),
             "mean_accuracy": mean([v["accuracy"] for v in per_task.values()]),
             "mean_normalized": mean([v["normalized"] for v in per_task.values()]),
             "seconds": round(time.perf_counter() - t0, 1)}
@@ -160,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--param", action="append", default=[], metavar="METHOD:KEY=VALUE", help="merge parameter")
     p.add_argument("--search-limit", type=int, default=100, help="held-out examples per task for the search")
     p.add_argument("--eval-limit", type=int, default=None, help="eval examples per task (default: the collection's)")
+    p.add_argument("--per-task", action="store_true",
+                   help="also choose one coefficient per task vector (coordinate ascent from the global "
+                        "lambda, on the same held-out examples): rows 'METHOD (per-task)'")
     p.add_argument("--negate", default="sst2:ag_news", help="TARGET:CONTROL, or 'none'")
     p.add_argument("--negate-grid", default="0.1:2.0:0.1")
     p.add_argument("--batch-size", type=int, default=16)
@@ -205,20 +210,20 @@ def main(argv: list[str] | None = None) -> int:
                          "eval_limit_matches_collection": eval_limit == coll.get("eval_limit")},
             "collection_summary": {t: coll["tasks"][t] for t in names}, "methods": {},
         }
-        for m in methods:
-            key = {"method": m, "grid": grids[m], "params": params.get(m, {}), "tasks": names,
+        for m, per in [(m, per) for m in methods for per in ((False, True) if args.per_task else (False,))]:
+            key = {"method": m, "grid": grids[m], "params": params.get(m, {}), "tasks": names, "per_task": per,
                    "search_limit": args.search_limit, "eval_limit": eval_limit, "holdout": coll["holdout"],
                    "batch_size": args.batch_size, "base_fingerprint": coll["base_fingerprint"],
                    "collection_recipe": coll["recipe"], "per_example": True}
-            path = cache / f"{m}.json"
+            label, path = (f"{m} (per-task)", cache / f"{m}-per-task.json") if per else (m, cache / f"{m}.json")
             old = read_json(path)
             if old and old.get("key") == key:
-                print(f"{m}: cached ({path})", file=sys.stderr)
-                report["methods"][m] = old
+                print(f"{label}: cached ({path})", file=sys.stderr)
+                report["methods"][label] = old
                 continue
-            print(f"{m}: searching lambda over {grids[m]}", file=sys.stderr)
-            report["methods"][m] = run_method(model, tok, m, vectors, tasks, coll, key, progress)
-            write_json(path, report["methods"][m])
+            print(f"{label}: searching over {grids[m]}", file=sys.stderr)
+            report["methods"][label] = run_method(model, tok, m, vectors, tasks, coll, key, progress)
+            write_json(path, report["methods"][label])
         if args.negate and args.negate != "none":
             report["negation"] = _negation(model, tok, args, coll, cdir, cache, eval_limit, progress)
     except TaskVecError as exc:

@@ -55,10 +55,13 @@ def test_collection_rows_carry_intervals_paired_test_and_early_stopping(collecti
 def test_merge_report_on_tiny_collection(collection, capsys):
     mr = importlib.import_module("merge_report")
     rc = mr.main(["--collection", str(collection), "--methods", "task_arithmetic,ties", "--grid", "0.5,1",
-                  "--search-limit", "4", "--negate", "sst2:trec", "--negate-grid", "0.5,1", "--no-progress"])
+                  "--search-limit", "4", "--negate", "sst2:trec", "--negate-grid", "0.5,1", "--no-progress",
+                  "--per-task"])
     assert rc == 0
     rep = json.loads((collection / "merge_report.json").read_text())
-    assert set(rep["methods"]) == {"task_arithmetic", "ties"}
+    assert set(rep["methods"]) == {"task_arithmetic", "ties", "task_arithmetic (per-task)", "ties (per-task)"}
+    per = rep["methods"]["ties (per-task)"]
+    assert len(per["coefficients"]) == 4 and all(c in (0.5, 1.0) for c in per["coefficients"])
     for m in rep["methods"].values():
         assert m["lambda"] in (0.5, 1.0)
         assert set(m["tasks"]) == {"sst2", "trec", "cola", "rte"}
