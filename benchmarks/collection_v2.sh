@@ -1,0 +1,35 @@
+#!/bin/bash
+# Collection v2 (issue: results a reviewer would accept): nine LoRA task vectors on SmolLM2-135M,
+# each trained until its held-out accuracy stops improving, evaluated on whole eval splits
+# (at most 1,043 examples), in two variants: the built-in tasks (six share the answer words
+# " yes"/" no") and the same tasks with answer words of their own (docs/merging.md, "Label
+# words shared across tasks"). Then the merge report of every method, global and per-task
+# coefficients chosen on held-out train examples, ranked with McNemar tests against
+# task_arithmetic.
+#
+# Recipe, fixed before any run: batch 16, AdamW lr 5e-4 after 10 warmup steps, constant (so the
+# stopping point is not set by a decay schedule), LoRA r 8 / alpha 16 on the seven projections,
+# at most 1,500 steps, held-out accuracy on 200 train examples every 50 steps, patience 4
+# (stop after 200 steps without improvement), the best step kept (ties: the earlier step).
+#
+# Resumable per task and per step (build_collection.py caches finished tasks and resumes the
+# fine-tuning run from its checkpoints; merge_report.py caches each method). Run one job at a
+# time. Usage: [VARIANT=shared|own] [MODEL=smollm2-135m] bash benchmarks/collection_v2.sh [OUT]
+set -euo pipefail
+VARIANT=${VARIANT:-shared}
+MODEL=${MODEL:-smollm2-135m}
+OUT=${1:-runs/collection-v2-$VARIANT}
+HERE=$(cd "$(dirname "$0")" && pwd)
+PY=${PYTHON:-python}
+if [ "$VARIANT" = own ]; then
+  TASKS=sst2,mnli-own-words,qnli-own-words,qqp-own-words,rte-own-words,mrpc-own-words,cola-own-words,trec,ag_news
+else
+  TASKS=sst2,mnli,qnli,qqp,rte,mrpc,cola,trec,ag_news
+fi
+"$PY" "$HERE/build_collection.py" --out "$OUT" --model "$MODEL" --tasks "$TASKS" --steps 1500 \
+  --batch-size 16 --lr 5e-4 --warmup-steps 10 --schedule constant --holdout 200 --eval-limit 0 \
+  --eval-every 50 --patience 4 --no-progress
+"$PY" "$HERE/merge_report.py" --collection "$OUT" \
+  --methods task_arithmetic,ties,dare_ties,tsv,breadcrumbs,iso_c,iso_cts --per-task \
+  --method-grid iso_c=0.1,0.2,0.4,0.8 --method-grid iso_cts=0.1,0.2,0.4,0.8 \
+  --search-limit 100 --negate sst2:ag_news --no-progress
