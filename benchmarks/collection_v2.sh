@@ -29,7 +29,12 @@ fi
 "$PY" "$HERE/build_collection.py" --out "$OUT" --model "$MODEL" --tasks "$TASKS" --steps 1500 \
   --batch-size 16 --lr 5e-4 --warmup-steps 10 --schedule constant --holdout 200 --eval-limit 0 \
   --eval-every 50 --patience 4 --no-progress
-"$PY" "$HERE/merge_report.py" --collection "$OUT" \
+# Only vectors significantly above zero-shot (exact McNemar, p < 0.05) are merged; the others
+# keep their row in collection.json and are named here.
+KEEP=$("$PY" -c "import json,sys; t=json.load(open(sys.argv[1]))['tasks']; \
+print(','.join(k for k, r in t.items() if (r.get('vs_zero_shot') or {}).get('above_zero_shot')))" "$OUT/collection.json")
+echo "merged (significantly above zero-shot): $KEEP"
+"$PY" "$HERE/merge_report.py" --collection "$OUT" --tasks "$KEEP" \
   --methods task_arithmetic,ties,dare_ties,tsv,breadcrumbs,iso_c,iso_cts --per-task \
   --method-grid iso_c=0.1,0.2,0.4,0.8 --method-grid iso_cts=0.1,0.2,0.4,0.8 \
   --search-limit 100 --negate sst2:ag_news --no-progress
