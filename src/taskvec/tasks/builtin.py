@@ -164,26 +164,21 @@ def load_packaged_split(task_name: str, split: str) -> list[dict]:
     return parse_jsonl(read_package_bytes(task_name, f"{split}.jsonl.gz"), where)
 
 
+def _packaged_task(name: str, data: str, spec: dict) -> Task:
+    """A classification ``Task`` called ``name`` reading the packaged data of task ``data``."""
+    return Task(name=name, kind="classification", metric="accuracy",
+                loader=partial(load_packaged_split, data), **spec)
+
+
+def _own_words_spec(name: str) -> dict:
+    """The spec of ``<name>-own-words``: the built-in spec with its own answer words."""
+    base, own = CLASSIFICATION_SPECS[name], OWN_WORDS_SPECS[name]
+    words = ", ".join(w.strip() for w in own["label_words"].values())
+    return base | own | {"description": base["description"].rstrip(".") + f"; answer words of its own ({words})."}
+
+
 def classification_tasks() -> list[Task]:
     """Fresh ``Task`` objects for all built-in classification tasks (no file reads)."""
-    return [
-        Task(
-            name=name,
-            kind="classification",
-            metric="accuracy",
-            loader=partial(load_packaged_split, name),
-            **spec,
-        )
-        for name, spec in CLASSIFICATION_SPECS.items()
-    ] + [
-        Task(
-            name=name + OWN_WORDS_SUFFIX,
-            kind="classification",
-            metric="accuracy",
-            loader=partial(load_packaged_split, name),
-            **(CLASSIFICATION_SPECS[name] | own | {
-                "description": CLASSIFICATION_SPECS[name]["description"].rstrip(".")
-                + f"; answer words of its own ({', '.join(w.strip() for w in own['label_words'].values())})."}),
-        )
-        for name, own in OWN_WORDS_SPECS.items()
+    return [_packaged_task(name, name, spec) for name, spec in CLASSIFICATION_SPECS.items()] + [
+        _packaged_task(name + OWN_WORDS_SUFFIX, name, _own_words_spec(name)) for name in OWN_WORDS_SPECS
     ]
