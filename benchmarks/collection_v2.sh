@@ -20,6 +20,7 @@ VARIANT=${VARIANT:-shared}
 MODEL=${MODEL:-smollm2-135m}
 OUT=${1:-runs/collection-v2-$VARIANT}
 HERE=$(cd "$(dirname "$0")" && pwd)
+if [ -z "${PYTHON:-}" ] && [ -x "$HERE/../.venv/bin/python" ]; then PYTHON="$HERE/../.venv/bin/python"; fi
 PY=${PYTHON:-python}
 if [ "$VARIANT" = own ]; then
   TASKS=sst2,mnli-own-words,qnli-own-words,qqp-own-words,rte-own-words,mrpc-own-words,cola-own-words,trec,ag_news
