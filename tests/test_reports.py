@@ -19,7 +19,7 @@ def collection(tmp_path_factory):
     """A 4-task collection of a tiny Llama, 2 training steps each (``build_collection.py``)."""
     mp = pytest.MonkeyPatch()
     mp.syspath_prepend(str(REPO / "benchmarks"))
-    for m in ("build_collection", "merge_report", "basis_report"):
+    for m in ("build_collection", "merge_report", "basis_report", "collection_table"):
         sys.modules.pop(m, None)
     d = tmp_path_factory.mktemp("reports")
     model, tok = tiny_model("llama", seed=0)
@@ -50,6 +50,25 @@ def test_collection_rows_carry_intervals_paired_test_and_early_stopping(collecti
     assert es["recipe"]["eval_every"] == 1 and es["early_stopping"]["best_step"] in (1, 2, 3)
     summary = json.loads((tmp_path / "es" / "collection.json").read_text())
     assert summary["tasks"]["sst2"]["early_stopping"] == es["early_stopping"]
+
+
+def test_collection_table_partial_and_by_hand(collection, tmp_path, capsys):
+    """collection_table.py reads finished task rows (no collection.json needed) and sorts keep / drop."""
+    ct = importlib.import_module("collection_table")
+    assert ct.main([str(collection)]) == 0
+    out = capsys.readouterr().out
+    rows = [ln.split(" | ")[0] for ln in out.splitlines() if ln.startswith("| ")]
+    assert rows == ["| task", "| cola", "| rte", "| sst2", "| trec"]  # header, then one row per task
+    row = {"task": "a", "split": "validation", "n": 10, "zero_shot_accuracy": 0.2, "finetuned_accuracy": 0.9,
+           "zero_shot_ci95": [0.1, 0.3], "finetuned_ci95": [0.8, 0.95],
+           "vs_zero_shot": {"only_finetuned": 7, "only_zero_shot": 0, "p_value": 0.015625, "above_zero_shot": True},
+           "early_stopping": {"best_step": 50, "last_step": 250, "stopped_early": True}, "train_seconds": 90}
+    (tmp_path / "a.json").write_text(json.dumps(row))
+    (tmp_path / "b.json").write_text(json.dumps(row | {"task": "b", "vs_zero_shot": {}}))
+    text = ct.table(ct.task_rows(tmp_path))
+    assert "| a | validation | 10 | 0.200 [0.100, 0.300] | 0.900 [0.800, 0.950] | +70.0 | 7 / 0 | 0.016 | yes | 50 / 250 | 1.5 min |" in text
+    assert "merged: a." in text and "dropped from merging: none." in text and "recorded one): b." in text
+    assert ct.main([str(tmp_path / "empty")]) == 2
 
 
 def test_merge_report_on_tiny_collection(collection, capsys):
