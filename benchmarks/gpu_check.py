@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,32 +41,62 @@ def taskvec(*argv: str) -> tuple[dict[str, Any], float]:
 
 
 def steps(model: str, work: Path) -> dict[str, Any]:
+    """Every step through the CLI; a failing step records its error and the others still run
+    (a GPU machine is lent for minutes: one broken step must not lose the rest)."""
     out: dict[str, Any] = {}
     dev = ["--model", model, "--device", "cuda"]
+
+    def step(name: str, fn: Callable[[], dict[str, Any]]) -> None:
+        try:
+            out[name] = fn()
+        except (RuntimeError, KeyError, ValueError) as exc:
+            out[name] = {"error": str(exc)}
+        print(f"gpu_check: {name}: {json.dumps(out[name])[:300]}", flush=True)
+
     for dtype in ("float32", "bfloat16"):
-        run = work / f"ft-{dtype}"
-        ft, s = taskvec("finetune", *dev, "--dtype", dtype, "--task", "sst2", "--out", str(run), "--steps", "40",
-                        "--batch-size", "16", "--lora-r", "8", "--lr", "1e-3", "--checkpoint-every", "0")
-        vec = work / f"sst2-{dtype}.safetensors"
-        ex, _ = taskvec("extract", "--finetuned", str(run), "--base", model, "--out", str(vec))
-        ev, se = taskvec("eval", *dev, "--dtype", dtype, "--task", "sst2", "--limit", "300", "--vector", str(vec))
-        out[f"finetune_{dtype}"] = {"wall_s": s, "final_loss": ft["final_loss"], "seconds": ft["seconds"],
-                                    "batching": ft["recipe"].get("batching"), "vector_form": ex["form"]}
-        out[f"eval_vector_{dtype}"] = {"wall_s": se, "accuracy": ev["accuracy"], "ci95": ev["ci95"], "n": ev["n"]}
-    base, s = taskvec("eval", *dev, "--task", "sst2", "--limit", "300")
-    out["eval_base_float32"] = {"wall_s": s, "accuracy": base["accuracy"], "ci95": base["ci95"], "n": base["n"]}
-    ap, s = taskvec("apply", "--base", model, "--vector", str(work / "sst2-float32.safetensors"),
-                    "--out", str(work / "applied"))
-    out["apply"] = {"wall_s": s, "seconds": ap["seconds"], "peak_rss_bytes": ap["peak_rss_bytes"]}
-    mg, s = taskvec("merge", "--method", "task_arithmetic", "--vectors", str(work / "sst2-float32.safetensors"),
-                    str(work / "sst2-bfloat16.safetensors"), "--out", str(work / "merged.safetensors"))
-    out["merge"] = {"wall_s": s, "seconds": mg.get("seconds")}
-    fv, s = taskvec("fv", "extract", *dev, "--task", "antonym", "--out", str(work / "antonym-fv.safetensors"),
-                    "--n-prompts", "20", "--ie-prompts", "10", "--layer", "auto", "--sweep-limit", "40")
-    out["fv_extract"] = {"wall_s": s, "layer": fv.get("layer")}
-    sv, s = taskvec("soft", "train", *dev, "--task", "antonym", "--out", str(work / "antonym-soft.safetensors"),
-                    "--steps", "30", "--n-prompts", "20", "--val-limit", "40")
-    out["soft_train"] = {"wall_s": s, "val_accuracy": sv.get("val_accuracy")}
+        run, vec = work / f"ft-{dtype}", work / f"sst2-{dtype}.safetensors"
+
+        def finetune(dtype: str = dtype, run: Path = run, vec: Path = vec) -> dict[str, Any]:
+            ft, s = taskvec("finetune", *dev, "--dtype", dtype, "--task", "sst2", "--out", str(run), "--steps", "40",
+                            "--batch-size", "16", "--lora-r", "8", "--lr", "1e-3", "--checkpoint-every", "0")
+            ex, _ = taskvec("extract", "--finetuned", str(run), "--base", model, "--out", str(vec))
+            return {"wall_s": s, "final_loss": ft["final_loss"], "seconds": ft["seconds"],
+                    "batching": ft["recipe"].get("batching"), "vector_form": ex["form"]}
+
+        def evaluate(dtype: str = dtype, vec: Path = vec) -> dict[str, Any]:
+            ev, se = taskvec("eval", *dev, "--dtype", dtype, "--task", "sst2", "--limit", "300", "--vector", str(vec))
+            return {"wall_s": se, "accuracy": ev["accuracy"], "ci95": ev["ci95"], "n": ev["n"]}
+
+        step(f"finetune_{dtype}", finetune)
+        step(f"eval_vector_{dtype}", evaluate)
+
+    def eval_base() -> dict[str, Any]:
+        base, s = taskvec("eval", *dev, "--task", "sst2", "--limit", "300")
+        return {"wall_s": s, "accuracy": base["accuracy"], "ci95": base["ci95"], "n": base["n"]}
+
+    def apply() -> dict[str, Any]:
+        ap, s = taskvec("apply", "--base", model, "--vector", str(work / "sst2-float32.safetensors"),
+                        "--out", str(work / "applied"))
+        return {"wall_s": s, "seconds": ap["seconds"], "peak_rss_bytes": ap["peak_rss_bytes"]}
+
+    def merge() -> dict[str, Any]:
+        mg, s = taskvec("merge", "--method", "task_arithmetic", "--vectors", str(work / "sst2-float32.safetensors"),
+                        str(work / "sst2-bfloat16.safetensors"), "--out", str(work / "merged.safetensors"))
+        return {"wall_s": s, "seconds": mg.get("seconds")}
+
+    def fv_extract() -> dict[str, Any]:
+        fv, s = taskvec("fv", "extract", *dev, "--task", "antonym", "--out", str(work / "antonym-fv.safetensors"),
+                        "--n-prompts", "20", "--ie-prompts", "10", "--layer", "auto", "--sweep-limit", "40")
+        return {"wall_s": s, "layer": fv.get("layer")}
+
+    def soft_train() -> dict[str, Any]:
+        sv, s = taskvec("soft", "train", *dev, "--task", "antonym", "--out", str(work / "antonym-soft.safetensors"),
+                        "--steps", "30", "--n-prompts", "20", "--val-limit", "40")
+        return {"wall_s": s, "val_accuracy": sv.get("val_accuracy")}
+
+    for name, fn in (("eval_base_float32", eval_base), ("apply", apply), ("merge", merge),
+                     ("fv_extract", fv_extract), ("soft_train", soft_train)):
+        step(name, fn)
     return out
 
 
