@@ -17,7 +17,9 @@ individual fine-tuned accuracy (``collection.json``; same split and limit). One 
 
 Resumable: each method's result is cached in ``<collection>/merge_report/<method>.json`` (and
 the negation in ``negation.json``) with the settings that made it; a rerun with the same
-settings reuses it. Writes ``merge_report.json`` and ``merge_report.md`` (tables for
+settings reuses it. Within a method, every scored search setting is logged in
+``<method>.search.jsonl`` (``taskvec.weights.search_log``), so an interrupted search resumes
+at the setting it was scoring. Writes ``merge_report.json`` and ``merge_report.md`` (tables for
 docs/results.md) in the collection directory (or ``--out``).
 """
 
@@ -51,8 +53,11 @@ def parse_method_params(items: list[str]) -> dict[str, dict[str, str]]:
 
 
 def run_method(model: Any, tok: Any, method: str, vectors: list[Any], tasks: list[Any], coll: dict[str, Any],
-               key: dict[str, Any], progress: bool) -> dict[str, Any]:
-    """Search lambda on the held-out slices, then evaluate the merged model on every eval split."""
+               key: dict[str, Any], progress: bool, log: Path | None = None) -> dict[str, Any]:
+    """Search lambda on the held-out slices, then evaluate the merged model on every eval split.
+
+    ``log``: the search's resumable log (every scored setting; shared by a method's global and
+    per-task searches, whose global stages are the same settings)."""
     from taskvec.eval import evaluate
     from taskvec.eval.stats import wilson
     from taskvec.weights.search import applied, merged_at, search_coefficients
@@ -61,7 +66,7 @@ def run_method(model: Any, tok: Any, method: str, vectors: list[Any], tasks: lis
     res = search_coefficients(model, tok, vectors, tasks, method=method, grid=key["grid"], params=key["params"],
                               limit=key["search_limit"], holdout=coll["holdout"]["n"],
                               seed=coll["holdout"]["seed"], batch_size=key["batch_size"], progress=progress,
-                              per_task=key.get("per_task", False))
+                              per_task=key.get("per_task", False), log=log)
     merged = merged_at(vectors, method, key["params"], res.best)
     per_task: dict[str, dict[str, Any]] = {}
     with applied(model, merged):
@@ -210,7 +215,9 @@ def main(argv: list[str] | None = None) -> int:
                          "eval_limit_matches_collection": eval_limit == coll.get("eval_limit")},
             "collection_summary": {t: coll["tasks"][t] for t in names}, "methods": {},
         }
-        for m, per in [(m, per) for m in methods for per in ((False, True) if args.per_task else (False,))]:
+        # every method's global search first, then the per-task searches (hours each on a CPU), so a
+        # partial run already ranks every method; the report is rewritten after each method
+        for per, m in [(per, m) for per in ((False, True) if args.per_task else (False,)) for m in methods]:
             key = {"method": m, "grid": grids[m], "params": params.get(m, {}), "tasks": names, "per_task": per,
                    "search_limit": args.search_limit, "eval_limit": eval_limit, "holdout": coll["holdout"],
                    "batch_size": args.batch_size, "base_fingerprint": coll["base_fingerprint"],
@@ -222,18 +229,28 @@ def main(argv: list[str] | None = None) -> int:
                 report["methods"][label] = old
                 continue
             print(f"{label}: searching over {grids[m]}", file=sys.stderr)
-            report["methods"][label] = run_method(model, tok, m, vectors, tasks, coll, key, progress)
+            report["methods"][label] = run_method(model, tok, m, vectors, tasks, coll, key, progress,
+                                                  log=cache / f"{m}.search.jsonl")
             write_json(path, report["methods"][label])
+            write_report(out_dir, report)
         if args.negate and args.negate != "none":
             report["negation"] = _negation(model, tok, args, coll, cdir, cache, eval_limit, progress)
     except TaskVecError as exc:
         print(f"merge_report: error: {exc}", file=sys.stderr)
         return 2
+    print(write_report(out_dir, report, final=True))
+    return 0
+
+
+def write_report(out_dir: Path, report: dict[str, Any], final: bool = False) -> str:
+    """``merge_report.json`` and ``.md`` (``partial: true`` until every method and the negation ran)."""
+    report["partial"] = not final
     write_json(out_dir / "merge_report.json", report)
     md = markdown(report)
+    if not final:
+        md = "(partial: the methods finished so far)\n\n" + md
     (out_dir / "merge_report.md").write_text(md, encoding="utf-8")
-    print(md)
-    return 0
+    return md
 
 
 def _negation(model: Any, tok: Any, args: argparse.Namespace, coll: dict[str, Any], cdir: Path, cache: Path,

@@ -85,7 +85,11 @@ def test_merge_report_on_tiny_collection(collection, capsys):
         assert m["lambda"] in (0.5, 1.0)
         assert set(m["tasks"]) == {"sst2", "trec", "cola", "rte"}
         assert all(0.0 <= t["accuracy"] <= 1.0 for t in m["tasks"].values())
-    assert rep["negation"]["target"] == "sst2"
+    assert rep["negation"]["target"] == "sst2" and rep["partial"] is False
+    logs = sorted(p.name for p in (collection / "merge_report").glob("*.search.jsonl"))
+    assert logs == ["task_arithmetic.search.jsonl", "ties.search.jsonl"]
+    # global and per-task searches share a log: the 2 global settings once, then 4 x 1 coordinate steps
+    assert len((collection / "merge_report" / "ties.search.jsonl").read_text().splitlines()) == 1 + 2 + 4
     out = capsys.readouterr().out
     assert "| task_arithmetic |" in out and "Methods ranked by pooled accuracy" in out
     for m in rep["methods"].values():

@@ -41,6 +41,9 @@ def register(sub: Any) -> None:
     add_selection(p, DEFAULT_GRID)
     p.add_argument("--out", default=None, help="write the best merged vector here (.safetensors)")
     p.add_argument("--results", default=None, help="write the full search result (every candidate) as JSON")
+    p.add_argument("--checkpoint", default=None, metavar="FILE",
+                   help="append every scored setting to FILE (JSON Lines) and reuse it when the same search "
+                        "is run again: an interrupted search resumes where it stopped")
     add_progress(p)
     add_json(p)
     p.set_defaults(func=run_search)
@@ -57,7 +60,7 @@ def run_search(args: argparse.Namespace) -> int:
     check_positive_opt("passes", args.passes)
     method = get_method(args.method)
     params = check_no_lambda(parse_params(args.param))
-    for path in (args.out, args.results):
+    for path in (args.out, args.results, args.checkpoint):
         if path:
             check_writable(path, tuple(args.vectors))
     vectors, labels = load_vectors(args.vectors)
@@ -72,6 +75,7 @@ def run_search(args: argparse.Namespace) -> int:
         model, tok, vectors, tasks, method=method.name, grid=args.grid, params=params, split=args.split,
         limit=args.limit, holdout=args.holdout, seed=args.seed, per_task=args.per_task, passes=args.passes,
         batch_size=args.batch_size, progress=show_progress(args), allow_eval_split=args.allow_eval_split,
+        log=args.checkpoint,
     )
     out = res.to_dict() | {"model": str(args.model), "vectors": labels, "inputs": list(args.vectors)}
     if args.out:

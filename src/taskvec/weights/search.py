@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -308,6 +309,26 @@ def check_no_lambda(params: dict[str, Any] | None) -> dict[str, Any]:
     return params
 
 
+def _open_log(log: str | os.PathLike | None, model: Any, method: str, params: dict[str, Any],
+              vectors: Sequence[TaskVector], tasks: Sequence[Any], data: dict[str, tuple[str, list[dict]]],
+              scorer: Scorer | None, batch_size: int, restore: str) -> Any:
+    """The search log at ``log`` keyed by everything a setting's scores depend on (or None)."""
+    if log is None:
+        return None
+    from taskvec.models.fingerprint import fingerprint
+    from taskvec.weights.search_log import SearchLog, examples_digest, vector_digest
+
+    if scorer is None:
+        scorer_id = f"accuracy(batch_size={batch_size})"
+    else:
+        scorer_id = f"{getattr(scorer, '__module__', '?')}.{getattr(scorer, '__qualname__', type(scorer).__name__)}"
+    key = {"model": fingerprint(model), "method": method, "params": params, "restore": restore,
+           "scorer": scorer_id, "vectors": [vector_digest(v) for v in vectors],
+           "tasks": {t.name: {"split": data[t.name][0], "n": len(data[t.name][1]),
+                              "examples": examples_digest(data[t.name][1])} for t in tasks}}
+    return SearchLog(log, key)
+
+
 # -- the search ----------------------------------------------------------------------------
 def search_coefficients(
     model: Any, tok: Any, vectors: Sequence[TaskVector], tasks: Sequence[Any],
@@ -315,7 +336,7 @@ def search_coefficients(
     params: dict[str, Any] | None = None, split: str | None = None, limit: int | None = None,
     *, holdout: int = DEFAULT_HOLDOUT, seed: int = 0, per_task: bool = False, passes: int = 1,
     scorer: Scorer | None = None, batch_size: int = 16, progress: bool = True,
-    restore: str = "copy", allow_eval_split: bool = False,
+    restore: str = "copy", allow_eval_split: bool = False, log: str | os.PathLike | None = None,
 ) -> SearchResult:
     """Pick the merging coefficient with the best mean search accuracy over ``tasks``.
 
@@ -331,6 +352,10 @@ def search_coefficients(
     (task_arithmetic, dare_linear, breadcrumbs, tsv) that is exactly ``sum_i c_i tau_i``-style
     scaling; methods that normalise by the weights (ties, dare_ties) use ``c`` as relative
     weights at the global scale ``lambda*``. Each coordinate step re-merges.
+
+    ``log=PATH`` makes the search resumable (:mod:`taskvec.weights.search_log`): every scored
+    setting is appended to ``PATH`` and a rerun on the same model, vectors, method, parameters and
+    examples reuses those scores (any grid or ``per_task``: scores are per setting).
     """
     from tqdm.auto import tqdm
 
@@ -355,6 +380,7 @@ def search_coefficients(
     for t in tasks:
         if not data[t.name][1]:
             raise UserInputError(f"task {t.name} has no search examples.")
+    slog = _open_log(log, model, m.name, params, vectors, tasks, data, scorer, batch_size, restore)
     scorer = scorer or accuracy_scorer(batch_size)
     n_evals = len(values) + (passes * len(vectors) * (len(values) - 1) if per_task else 0)
     bar = tqdm(total=n_evals * len(tasks), desc=f"search {m.name}", unit="task", disable=not progress,
@@ -362,22 +388,41 @@ def search_coefficients(
     t0 = time.perf_counter()
     candidates: list[Candidate] = []
 
-    def evaluate_at(vector: TaskVector, scale: float) -> tuple[dict[str, float], float]:
+    def evaluate_at(vector: TaskVector, scale: float) -> dict[str, float]:
         accs: dict[str, float] = {}
         with applied(model, vector, scale, restore):
             for t in tasks:
                 label, exs = data[t.name]
                 accs[t.name] = float(scorer(model, tok, t, exs, label))
                 bar.update(1)
-        return accs, sum(accs.values()) / len(accs)
+        return accs
+
+    def score(c: Candidate, vector: Callable[[], TaskVector], scale: float) -> Candidate:
+        """Fill ``c``'s accuracies: from the log when it has them, else by evaluating."""
+        accs = slog.get(c.lam, c.coefficients) if slog else None
+        if accs is not None and set(accs) == set(names):
+            bar.update(len(tasks))
+        else:
+            accs = evaluate_at(vector(), scale)
+            if slog:
+                slog.add(c.lam, c.coefficients, accs, c.stage)
+        c.accuracy = {n: accs[n] for n in names}
+        c.mean = sum(c.accuracy.values()) / len(c.accuracy)
+        return c
+
+    names = [t.name for t in tasks]
+    unit_cache: list[TaskVector] = []
+
+    def unit() -> TaskVector:  # merged once with lambda = 1, only if some lambda is not logged
+        if not unit_cache:
+            unit_cache.append(merge_vectors(m, vectors, None, params | {"lambda": 1.0}))
+        return unit_cache[0]
 
     try:
-        unit = merge_vectors(m, vectors, None, params | {"lambda": 1.0})
         for lam in values:
-            accs, mean = evaluate_at(unit, lam)
-            candidates.append(Candidate(lam, [lam] * len(vectors), accs, mean))
+            candidates.append(score(Candidate(lam, [lam] * len(vectors), {}, 0.0), unit, lam))
         best = first_best(candidates)
-        del unit
+        unit_cache.clear()
         if per_task:
             current = best
             for p in range(passes):
@@ -389,10 +434,12 @@ def search_coefficients(
                         coefs = list(current.coefficients)
                         coefs[i] = v
                         trial = Candidate(current.lam, coefs, {}, 0.0, stage=f"pass {p + 1}, vector {i + 1}")
-                        weights, lam = merge_args(trial)
-                        merged = merge_vectors(m, vectors, weights, params | {"lambda": lam})
-                        trial.accuracy, trial.mean = evaluate_at(merged, 1.0)
-                        candidates.append(trial)
+
+                        def merged(trial: Candidate = trial) -> TaskVector:
+                            weights, lam = merge_args(trial)
+                            return merge_vectors(m, vectors, weights, params | {"lambda": lam})
+
+                        candidates.append(score(trial, merged, 1.0))
                         if trial.mean > current.mean + TIE_TOLERANCE:  # ties keep the current value
                             current = trial
             best = current
