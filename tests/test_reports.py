@@ -66,9 +66,15 @@ def test_collection_table_partial_and_by_hand(collection, tmp_path, capsys):
     (tmp_path / "a.json").write_text(json.dumps(row))
     (tmp_path / "b.json").write_text(json.dumps(row | {"task": "b", "vs_zero_shot": {}}))
     text = ct.table(ct.task_rows(tmp_path))
-    assert "| a | validation | 10 | 0.200 [0.100, 0.300] | 0.900 [0.800, 0.950] | +70.0 | 7 / 0 | 0.016 | yes | 50 / 250 | 1.5 min |" in text
+    assert "| a | validation | 10 | 0.200 [0.100, 0.300] | 0.900 [0.800, 0.950] | +70.0 | 7 / 0 | 0.016 | yes | - | - | 50 / 250 | 1.5 min |" in text
     assert "merged: a." in text and "dropped from merging: none." in text and "recorded one): b." in text
     assert ct.main([str(tmp_path / "empty")]) == 2
+    # majority class: RTE's validation split holds 146 entailment of 277 (counted by hand from the file)
+    rte = {"task": "rte", "split": "validation", "n": 277, "eval": {"limit": None}, "finetuned_ci95": [0.6, 0.7]}
+    assert ct.majority_rate(rte) == 146 / 277
+    assert ct.majority_cells(rte) == "0.527 | yes"
+    assert ct.majority_cells(rte | {"finetuned_ci95": [0.5, 0.6]}) == "0.527 | no"
+    assert ct.majority_cells(rte | {"n": 276}) == "- | -"  # not the examples the row scored
 
 
 def test_merge_report_on_tiny_collection(collection, capsys):
