@@ -83,10 +83,12 @@ def run_method(model: Any, tok: Any, method: str, vectors: list[Any], tasks: lis
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
-def _cell(v: float | None, pct: bool = False) -> str:
+def _cell(v: float | None, pct: bool = False, ci: list[float] | None = None) -> str:
     if v is None:
         return "-"
-    return f"{100 * v:.1f}%" if pct else f"{v:.3f}"
+    if pct:
+        return f"{100 * v:.1f}%"
+    return f"{v:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{v:.3f}"
 
 
 def paired_table(report: dict[str, Any], ref: str = "task_arithmetic") -> list[str]:
@@ -126,24 +128,29 @@ def markdown(report: dict[str, Any]) -> str:
     coll = report["collection_summary"]
     head = "| method | lambda | " + " | ".join(tasks) + " | avg |"
     sep = "|---|---|" + "---|" * (len(tasks) + 1)
-    abs_rows, norm_rows = [head, sep], [head, sep]
+    n_head = "| method | lambda | " + " | ".join(f"{t} (n={coll[t]['n']})" for t in tasks) + " | avg |"
+    abs_rows, norm_rows = [n_head, sep], [head, sep]
     zs = {t: coll[t]["zero_shot_accuracy"] for t in tasks}
     ft = {t: coll[t]["finetuned_accuracy"] for t in tasks}
     zs_norm = {t: (zs[t] / ft[t] if ft[t] else None) for t in tasks}
-    abs_rows.append("| zero-shot base | - | " + " | ".join(_cell(zs[t]) for t in tasks) + f" | {_cell(mean(list(zs.values())))} |")
-    abs_rows.append("| individual fine-tuned | - | " + " | ".join(_cell(ft[t]) for t in tasks) + f" | {_cell(mean(list(ft.values())))} |")
+    abs_rows.append("| zero-shot base | - | " + " | ".join(_cell(zs[t], ci=coll[t].get("zero_shot_ci95")) for t in tasks)
+                    + f" | {_cell(mean(list(zs.values())))} |")
+    abs_rows.append("| individual fine-tuned | - | " + " | ".join(_cell(ft[t], ci=coll[t].get("finetuned_ci95"))
+                                                               for t in tasks) + f" | {_cell(mean(list(ft.values())))} |")
     norm_rows.append("| zero-shot base | - | " + " | ".join(_cell(zs_norm[t], True) for t in tasks)
                      + f" | {_cell(mean(list(zs_norm.values())), True)} |")
     for name, m in report["methods"].items():
         lam = f"{m['lambda']:g}"
-        abs_rows.append(f"| {name} | {lam} | " + " | ".join(_cell(m["tasks"][t]["accuracy"]) for t in tasks)
+        abs_rows.append(f"| {name} | {lam} | " + " | ".join(_cell(m["tasks"][t]["accuracy"], ci=m["tasks"][t].get("ci95"))
+                                                           for t in tasks)
                         + f" | {_cell(m['mean_accuracy'])} |")
         norm_rows.append(f"| {name} | {lam} | " + " | ".join(_cell(m["tasks"][t]["normalized"], True) for t in tasks)
                          + f" | {_cell(m['mean_normalized'], True)} |")
     s = report["settings"]
-    out = [f"Model {report['model']}; eval: first {s['eval_limit'] or 'all'} examples of each eval split; "
+    evald = f"the first {s['eval_limit']} examples" if s["eval_limit"] else "all examples"
+    out = [f"Model {report['model']}; eval: {evald} of each eval split; "
            f"lambda chosen on {s['search_limit'] or 'all'} held-out train examples per task.", "",
-           "Accuracy:", "", *abs_rows, "", "Normalized accuracy (merged / individual fine-tuned):", "", *norm_rows]
+           "Accuracy [95% Wilson interval] (avg: unweighted mean over tasks):", "", *abs_rows, "", "Normalized accuracy (merged / individual fine-tuned):", "", *norm_rows]
     paired = paired_table(report)
     if paired:
         out += ["", "Methods ranked by pooled accuracy, each against task_arithmetic on the same examples "

@@ -98,6 +98,10 @@ def test_merge_report_on_tiny_collection(collection, capsys):
     assert len((collection / "merge_report" / "ties.search.jsonl").read_text().splitlines()) == 1 + 2 + 4
     out = capsys.readouterr().out
     assert "| task_arithmetic |" in out and "Methods ranked by pooled accuracy" in out
+    ta = next(ln for ln in out.splitlines() if ln.startswith("| task_arithmetic |"))
+    acc, ci = rep["methods"]["task_arithmetic"]["tasks"]["sst2"]["accuracy"], \
+        rep["methods"]["task_arithmetic"]["tasks"]["sst2"]["ci95"]
+    assert f"| {acc:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] |" in ta  # every accuracy cell carries its interval
     for m in rep["methods"].values():
         for t in m["tasks"].values():
             assert len(t["correct"]) == t["n"] and abs(sum(t["correct"]) / t["n"] - t["accuracy"]) < 1e-6
