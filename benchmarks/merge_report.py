@@ -91,6 +91,14 @@ def _cell(v: float | None, pct: bool = False, ci: list[float] | None = None) -> 
     return f"{v:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{v:.3f}"
 
 
+def _lam(m: dict[str, Any]) -> str:
+    """The chosen lambda, marked when it is an edge of the method's grid (the best may lie beyond)."""
+    from taskvec.weights.search import grid_edge
+
+    edge = grid_edge(m.get("search", {}).get("grid", []), m["lambda"])
+    return f"{m['lambda']:g}" + (f" (grid {edge})" if edge else "")
+
+
 def paired_table(report: dict[str, Any], ref: str = "task_arithmetic") -> list[str]:
     """Pooled accuracy (all examples of all tasks) with its Wilson interval per method, ranked, and
     the exact McNemar test of each method against ``ref`` on the same examples (pooled, and the
@@ -117,7 +125,7 @@ def paired_table(report: dict[str, Any], ref: str = "task_arithmetic") -> list[s
             worse = sum(1 for q in per if q.significant and q.a_correct < q.b_correct)
             cells = [f"{100 * (t.a_correct - t.b_correct) / n:+.1f}", f"{t.only_a} / {t.only_b}", f"{t.p_value:.2g}",
                      "yes" if t.significant else "no", f"{better} / {worse}"]
-        rows.append(f"| {i} | {m} | {have[m]['lambda']:g} | {k / n:.3f} [{lo:.3f}, {hi:.3f}] | {n} | "
+        rows.append(f"| {i} | {m} | {_lam(have[m])} | {k / n:.3f} [{lo:.3f}, {hi:.3f}] | {n} | "
                     + " | ".join(cells) + " |")
     return rows
 
@@ -140,7 +148,7 @@ def markdown(report: dict[str, Any]) -> str:
     norm_rows.append("| zero-shot base | - | " + " | ".join(_cell(zs_norm[t], True) for t in tasks)
                      + f" | {_cell(mean(list(zs_norm.values())), True)} |")
     for name, m in report["methods"].items():
-        lam = f"{m['lambda']:g}"
+        lam = _lam(m)
         abs_rows.append(f"| {name} | {lam} | " + " | ".join(_cell(m["tasks"][t]["accuracy"], ci=m["tasks"][t].get("ci95"))
                                                            for t in tasks)
                         + f" | {_cell(m['mean_accuracy'])} |")

@@ -20,7 +20,9 @@ from taskvec.weights.search import (
     FIT_SPLIT,
     SEARCH_SPLIT,
     applied,
+    edge_note,
     fit_split_examples,
+    grid_edge,
     parse_grid,
     search_coefficients,
     search_examples,
@@ -187,6 +189,23 @@ def test_every_method_is_linear_in_lambda(method):
         assert torch.allclose(a, 0.3 * b, atol=1e-6), k
 
 
+def test_grid_edge_is_flagged():
+    assert grid_edge([0.1, 0.5, 1.0], 1.0) == "top" and grid_edge([1.0, 0.1, 0.5], 0.1) == "bottom"
+    assert grid_edge([0.1, 0.5, 1.0], 0.5) is None and grid_edge([0.5], 0.5) is None
+    assert grid_edge([0.0, 0.5], 0.0) is None  # below 0 the vectors flip: not an extension
+    assert grid_edge([0.1, 0.5], None) is None and edge_note(None) == ""
+    assert "largest" in edge_note("top") and "smaller" in edge_note("bottom", "c")
+    model, tok = tiny_model("llama", seed=0)
+    base = snapshot(model)
+
+    def scorer(m, tok, task, examples, split):  # peak at 1.5, beyond the grid
+        return 1.0 - (offset(m, base, NORM) - 1.5) ** 2
+
+    res = search_coefficients(model, tok, [ones_vector(model, NORM, 1.0, "a")], [FakeTask("a")],
+                              grid="0.1:1.0:0.1", scorer=scorer, progress=False)
+    assert res.best.lam == pytest.approx(1.0) and res.grid_edge == "top" and res.to_dict()["grid_edge"] == "top"
+
+
 def test_applied_restores_after_an_error():
     model, _ = tiny_model("llama", seed=0)
     base = snapshot(model)
@@ -214,6 +233,10 @@ def test_negation_picks_the_largest_c_keeping_control():
     assert res.base_target == pytest.approx(0.91) and res.target_at_c == pytest.approx(0.91 - 0.24)
     assert res.target_drop == pytest.approx(0.24) and res.eval_split == {"target": "validation", "control": "validation"}
     assert res.control_retained == pytest.approx(0.77 / 0.81)
+    assert res.grid_edge is None and res.to_dict()["grid_edge"] is None
+    flat = negate(model, tok, vec, FakeTask("target"), FakeTask("control"), "0.5,1", limit=4, final_eval=False,
+                  scorer=lambda m, tok, task, *a: 0.9 if task.name == "control" else 0.5, progress=False)
+    assert flat.chosen == 1.0 and flat.grid_edge == "top"
     for k, v in model.state_dict().items():
         assert torch.equal(v, base[k]), k
     json.dumps(res.to_dict())
@@ -336,6 +359,10 @@ def test_cli_search_negate_compare(capsys, tiny_files, tmp_path):
     best = TaskVector.load(tmp_path / "best.safetensors")
     assert best.metadata["merge"]["params"]["lambda"] == res["best"]["lam"]
     assert json.loads((tmp_path / "res.json").read_text())["best"] == res["best"]
+    assert res["grid_edge"] == grid_edge([0.5, 1.0], res["best"]["lam"])
+    code, out, err = run(capsys, "search", "--vectors", a, b, "--grid", "0.5,1", *common[:-2], "--no-progress")
+    assert code == 0, err
+    assert ("the chosen lambda is the" in out) == (res["grid_edge"] is not None)
     code, out, err = run(capsys, "negate", "--vector", a, "--target", "sst2", "--control", "rte", "--grid", "0.5,1", *common)
     assert code == 0, err
     neg = json.loads(out)

@@ -120,6 +120,8 @@ def test_merge_report_paired_table_by_hand():
     lo, hi = wilson(7, 8)
     assert rows[2] == f"| 1 | ties | 1 | 0.875 [{lo:.3f}, {hi:.3f}] | 8 | +50.0 | 4 / 0 | 0.12 | no | 0 / 0 |"
     assert rows[3].startswith("| 2 | task_arithmetic | 0.3 | 0.375 [")
+    report["methods"]["ties"]["search"] = {"grid": [0.5, 0.75, 1.0]}  # 1 is the grid's top: marked
+    assert mr.paired_table(report)[2].startswith("| 1 | ties | 1 (grid top) | 0.875")
 
 
 def test_basis_report_on_tiny_collection(collection, capsys):

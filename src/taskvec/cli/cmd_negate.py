@@ -46,6 +46,7 @@ def register(sub: Any) -> None:
 def run_negate(args: argparse.Namespace) -> int:
     from taskvec.tasks import get_task
     from taskvec.weights.negate import NEGATION_RULES, negate
+    from taskvec.weights.search import edge_note
 
     NEGATION_RULES.get(args.rule)  # unknown rule: one line, before any work
     grid = check_selection(args)
@@ -89,6 +90,8 @@ def run_negate(args: argparse.Namespace) -> int:
         ["model", f"{res.target} ({ev.get(res.target)}, n={res.eval_n.get(res.target)})",
          f"{res.control} ({ev.get(res.control)}, n={res.eval_n.get(res.control)})"],
     )
+    if res.grid_edge:
+        print(edge_note(res.grid_edge, "c"))
     if res.selected_on_eval_split:
         print("note: the coefficient was chosen on the eval split (--allow-eval-split): these numbers are optimistic.")
     return 0

@@ -54,7 +54,7 @@ def run_search(args: argparse.Namespace) -> int:
     from taskvec.io_utils import atomic_path, check_writable
     from taskvec.tasks import get_task
     from taskvec.weights.merge import get_method
-    from taskvec.weights.search import check_no_lambda, merged_at, search_coefficients
+    from taskvec.weights.search import check_no_lambda, edge_note, merged_at, search_coefficients
 
     check_selection(args)
     check_positive_opt("passes", args.passes)
@@ -99,6 +99,8 @@ def run_search(args: argparse.Namespace) -> int:
     print(f"\nbest: lambda={b.lam:g}" + (f", coefficients={b.coefficients}" if args.per_task else "")
           + f", mean search accuracy {b.mean:.4f} ({res.seconds:.0f}s)"
           + (" [chosen on the eval split: optimistic]" if res.selected_on_eval_split else ""))
+    if res.grid_edge:
+        print(edge_note(res.grid_edge))
     if args.out:
         print(f"wrote {out['out']}")
     return 0

@@ -26,6 +26,7 @@ from taskvec.weights.search import (
     Scorer,
     accuracy_scorer,
     applied,
+    grid_edge,
     parse_grid,
     search_examples,
     selection_issues,
@@ -76,9 +77,15 @@ class NegationResult:
             return None
         return self.control_at_c / self.base_control
 
+    @property
+    def grid_edge(self) -> str | None:
+        """``"top"``/``"bottom"`` when the chosen ``c`` is the grid's largest/smallest value."""
+        return grid_edge(self.grid, self.chosen)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self) | {"target_drop": self.target_drop,
-                                           "control_retained": self.control_retained}
+                                           "control_retained": self.control_retained,
+                                           "grid_edge": self.grid_edge}
 
 
 def _largest(ok: list[dict[str, float]]) -> float:

@@ -239,6 +239,28 @@ def first_best(candidates: Sequence[Candidate]) -> Candidate:
     return next(c for c in candidates if c.mean >= top - TIE_TOLERANCE)
 
 
+def grid_edge(grid: Sequence[float], chosen: float | None) -> str | None:
+    """``"top"`` / ``"bottom"`` when ``chosen`` is the largest / smallest (positive) value of a grid
+    of at least two values (the best may lie beyond the grid: extend it), else None."""
+    values = sorted(grid)
+    if chosen is None or len(values) < 2:
+        return None
+    if chosen == values[-1]:
+        return "top"
+    if chosen == values[0] and chosen > 0:  # below 0 would flip the vectors: not a grid extension
+        return "bottom"
+    return None
+
+
+def edge_note(edge: str | None, name: str = "lambda") -> str:
+    """One line for a chosen value at a grid edge ("" when it is inside the grid)."""
+    if edge is None:
+        return ""
+    where, extend = ("largest", "larger") if edge == "top" else ("smallest", "smaller")
+    return (f"note: the chosen {name} is the {where} value of the grid, so the best may lie outside it; "
+            f"rerun with a --grid that reaches {extend} values.")
+
+
 @dataclass
 class Candidate:
     """One evaluated setting: global ``lam`` and per-vector ``coefficients``, search accuracies."""
@@ -272,6 +294,11 @@ class SearchResult:
     protocol_warnings: list[str] = field(default_factory=list)
     selected_on_eval_split: bool = False
 
+    @property
+    def grid_edge(self) -> str | None:
+        """``"top"``/``"bottom"`` when the best global ``lambda`` is the grid's largest/smallest value."""
+        return grid_edge(self.grid, self.best.lam)
+
     def weights_and_lam(self) -> tuple[list[float], float]:
         """(merge weights, lambda) that reproduce the best candidate with ``merge``."""
         return merge_args(self.best)
@@ -279,6 +306,7 @@ class SearchResult:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["best"] = self.best.to_dict()
+        d["grid_edge"] = self.grid_edge
         return d
 
 
