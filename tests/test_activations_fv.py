@@ -68,9 +68,13 @@ def test_fv_of_one_head_is_o_proj_output_difference(tiny) -> None:
     _, model, tok = tiny
     ad = get_adapter(model)
     means = _means(ad)
+    rms = torch.full((ad.n_layers,), 2.5)  # Gemma: a head's share is g * o_proj(...) / attn_rms
     for layer, head in [(0, 1), (ad.n_layers - 1, ad.n_heads - 1)]:
-        fv = function_vector(ad, means, [(layer, head)])  # (hidden,)
-        torch.testing.assert_close(fv, head_contribution(model, means, layer, head))
+        gain = ad.post_attn_gain(layer)
+        fv = function_vector(ad, means, [(layer, head)], rms)  # (hidden,)
+        torch.testing.assert_close(fv, head_contribution(model, means, layer, head, rms))
+        if gain is not None:  # back to the o_proj output difference the checks below compute
+            fv = fv * 2.5 / gain[0]
         sl = ad.head_slice(head)
         x = torch.randn(3, ad.n_heads * ad.head_dim)  # (B, H*D)
         with_mean, zeroed = x.clone(), x.clone()
@@ -82,6 +86,8 @@ def test_fv_of_one_head_is_o_proj_output_difference(tiny) -> None:
         with torch.no_grad():
             out_ulp = ulp(ad.o_proj(layer)(with_mean)) + ulp(ad.o_proj(layer)(zeroed))
         bound = 2 * matmul_atol(with_mean, ad.o_proj_weight(layer).detach().T) + out_ulp  # (B, hidden)
+        if gain is not None:  # x g / 2.5 and back: four roundings of fv
+            bound = bound + 4 * ulp(fv)
         assert ((diff - fv).abs() <= bound).all()
         # through the model: patch the head's o_proj input at the last token, save the output
         enc = tok(PROMPTS, return_tensors="pt", padding=True)
@@ -99,6 +105,52 @@ def test_fv_of_one_head_is_o_proj_output_difference(tiny) -> None:
                     model(**enc)
             outs.append(save[name][0])  # (B, hidden)
         assert_forward_close(outs[0] - outs[1], fv)  # two forwards, reductions reordered
+
+
+@pytest.mark.parametrize("arch", ["gemma2", "gemma3"])
+def test_head_shares_sum_to_the_post_attention_norm_output(arch, task) -> None:
+    """Sandwich norms: the heads' shares g * W_h z_h / rms(x) of one real prompt, summed, equal
+    the post-attention norm's output (the exact decomposition the function vector relies on)."""
+    from taskvec.activations.heads import attn_output_rms
+
+    model, tok = _tiny(arch)
+    ad = get_adapter(model)
+    z, post = {}, {}
+    hooks = [h for i in range(ad.n_layers) for h in (
+        ad.o_proj(i).register_forward_pre_hook(lambda _m, a, i=i: z.__setitem__(i, a[0][0, -1].clone())),
+        ad.post_attn_norm(i).register_forward_hook(lambda _m, _a, o, i=i: post.__setitem__(i, o[0, -1].clone())))]
+    try:
+        with torch.no_grad():
+            model(**tok([PROMPTS[1]], return_tensors="pt"))
+    finally:
+        for h in hooks:
+            h.remove()
+    means = ad.split_heads(torch.stack([z[i] for i in range(ad.n_layers)]))  # (L, H, D): one prompt
+    rms = attn_output_rms(ad, means[None])[0]  # (L,)
+    for layer in range(ad.n_layers):
+        x = ad.o_proj(layer)(z[layer][None])[0].detach()  # (hidden,)
+        eps = ad.post_attn_gain(layer)[1]
+        assert float(rms[layer]) == pytest.approx(float((x.pow(2).mean() + eps).sqrt()), rel=1e-5)
+        total = function_vector(ad, means, [(layer, h) for h in range(ad.n_heads)], rms)
+        assert_forward_close(total, post[layer])
+    with pytest.raises(UserInputError, match="attn_rms"):
+        function_vector(ad, means, [(0, 0)])
+
+
+def test_rms_norm_gain() -> None:
+    from taskvec.errors import ModelLoadError
+    from taskvec.models.adapter import rms_norm_gain
+
+    model, _ = _tiny("gemma3")
+    norm = get_adapter(model).post_attn_norm(0)
+    with torch.no_grad():
+        norm.weight.copy_(torch.linspace(-0.5, 2.0, norm.weight.numel()))
+    g, eps = rms_norm_gain(norm, norm.weight.numel())
+    torch.testing.assert_close(g, 1.0 + norm.weight.detach())  # Gemma's RMSNorm scales by 1 + w
+    assert eps == norm.eps and get_adapter(_tiny("llama")[0]).post_attn_gain(0) is None
+    with pytest.raises(ModelLoadError, match="not an RMS norm"):
+        rms_norm_gain(torch.nn.LayerNorm(16), 16)
+    _MODELS.pop("gemma3")  # its norm weight was changed
 
 
 def test_fv_sums_heads_without_bias() -> None:
@@ -145,6 +197,12 @@ def test_head_means_batched_equals_single_prompt_runs(task) -> None:
             h.remove()
     ref = ad.split_heads(acc / len(ps.prompts))
     assert_forward_close(hm.means, ref)  # batched vs one prompt at a time
+    # the mean RMS of each attention output, recomputed from the per-prompt o_proj inputs
+    from taskvec.activations.heads import attn_output_rms, head_activations
+
+    acts, _ = head_activations(model, tok, ps.prompts, batch_size=2)
+    torch.testing.assert_close(hm.attn_rms, attn_output_rms(ad, acts).mean(0), rtol=1e-4, atol=0)
+    assert hm.attn_rms.shape == (ad.n_layers,) and (hm.attn_rms > 0).all()
     # every query is a train example and never one of its own demonstrations
     for q, p in zip(ps.queries, ps.prompts):
         assert p.endswith(task.prompt(q)) and p.count(task.prompt(q)) == 1
@@ -154,6 +212,7 @@ def test_head_means_correct_only_errors_when_none_correct(task) -> None:
     model, tok = _tiny("llama")
     with pytest.raises(Exception, match="correct-only"):
         head_means(model, tok, task, n_prompts=3, shots=1, correct_only=True)
+    assert head_means(model, tok, task, n_prompts=2, shots=1).attn_rms is None  # no norm after attention
 
 
 # ---------------------------------------------------------------------------- indirect effect

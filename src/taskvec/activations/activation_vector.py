@@ -3,13 +3,14 @@
 An :class:`ActivationVector` is one of three kinds:
 
 - ``function_vector``: ``vector`` (hidden,) added to the residual stream after ``layer``
-  (Todd et al.); the file also keeps ``head_means`` (L, H, D) and ``ie_scores`` (L, H).
+  (Todd et al.); the file also keeps ``head_means`` (L, H, D), ``ie_scores`` (L, H) and, for
+  models with a norm after attention (Gemma), ``attn_rms`` (L,).
 - ``residual_vector``: ``vector`` (hidden,) that replaces (``mode="replace"``) or is added
   ``scale`` times to (``mode="add"``; ``mode="diff"``, where ``vector`` is the ICL mean minus
   the zero-shot mean) the residual stream after ``layer`` (Hendel et al.); optionally
   ``layer_means`` (L, hidden), the mean residual after every layer, and for ``diff``
   ``zero_shot_means`` (L, hidden).
-- ``head_means``: ``head_means`` (L, H, D) only (not injectable).
+- ``head_means``: ``head_means`` (L, H, D) and, for Gemma, ``attn_rms`` (L,) (not injectable).
 
 File layout: tensors by name (``vector``, ``head_means``, ``ie_scores``, ``layer_means``,
 ``zero_shot_means``);

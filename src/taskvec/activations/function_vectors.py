@@ -6,7 +6,12 @@ attention output projection ``W_o[l]`` (hidden, H*D) of layer l::
     v = sum over (l, h) in S of  W_o[l][:, slice(h)] @ m[l, h]          # (hidden,)
 
 i.e. each head mean placed in its slice of an all-zero o_proj input, pushed through o_proj
-WITHOUT the bias (a bias would otherwise be counted once per head). ``v`` is added to the
+WITHOUT the bias (a bias would otherwise be counted once per head). Where an RMS norm follows
+the attention output before the residual add (Gemma 2 / 3: ``g * x / rms(x)``), a head's share
+of the residual is ``g * W_o[l][:, slice(h)] @ m[l, h] / attn_rms[l]``, with ``attn_rms[l]``
+the mean RMS of the layer's attention output over the same prompts (``HeadMeans.attn_rms``):
+the sum over all heads plus the bias term is then exactly the norm's output (given the RMS),
+and the vector lives in the residual stream it is added to. ``v`` is added to the
 residual stream after layer ``layer`` (the output of ``adapter.residual_module(layer)``) at the
 last prompt token (optionally also at every generated token). The layer is chosen by a sweep on
 the validation split, the strength (scale) optionally too.
@@ -40,21 +45,38 @@ def _adapter(model_or_adapter: nn.Module | ModelAdapter) -> ModelAdapter:
 
 
 def head_contribution(
-    model_or_adapter: nn.Module | ModelAdapter, means: torch.Tensor, layer: int, head: int
+    model_or_adapter: nn.Module | ModelAdapter, means: torch.Tensor, layer: int, head: int,
+    attn_rms: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``W_o[layer][:, slice(head)] @ means[layer, head]``: one head's output, no bias. (hidden,)"""
+    """One head's share of the residual stream, no bias: ``W_o[layer][:, slice(head)] @
+    means[layer, head]``, times ``g / attn_rms[layer]`` where a norm follows the attention
+    output (Gemma; ``attn_rms`` (L,) from :func:`~taskvec.activations.heads.head_means`). (hidden,)"""
     ad = _adapter(model_or_adapter)
     w = ad.o_proj_weight(layer)[:, ad.head_slice(head)]  # (hidden, D)
     m = means[layer, head].to(device=w.device)  # (D,)
-    return (w.float() @ m.float()).detach().cpu()  # (hidden,)
+    out = (w.float() @ m.float()).detach().cpu()  # (hidden,)
+    gain = ad.post_attn_gain(layer)
+    if gain is None:
+        return out
+    if attn_rms is None:
+        raise UserInputError(
+            f"{ad.model_type or 'this model'} normalises each attention output before adding it to the "
+            "residual, so a head's share needs the mean RMS of that output (attn_rms): pass "
+            "HeadMeans.attn_rms, or recompute the head means with this version of taskvec."
+        )
+    return gain[0] * out / float(attn_rms[layer])  # (hidden,)
 
 
 def function_vector(
     model_or_adapter: nn.Module | ModelAdapter,
     means: torch.Tensor,
     heads: Sequence[tuple[int, int]],
+    attn_rms: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The function vector of ``heads`` from head ``means`` (L, H, D): (hidden,) float32."""
+    """The function vector of ``heads`` from head ``means`` (L, H, D): (hidden,) float32.
+
+    ``attn_rms`` (L,): needed where a norm follows the attention output (see
+    :func:`head_contribution`)."""
     ad = _adapter(model_or_adapter)
     if not heads:
         raise UserInputError("a function vector needs at least one head.")
@@ -65,7 +87,7 @@ def function_vector(
         )
     v = torch.zeros(ad.hidden_size)  # (hidden,)
     for layer, head in heads:
-        v += head_contribution(ad, means, layer, head)
+        v += head_contribution(ad, means, layer, head, attn_rms)
     return v
 
 
@@ -122,6 +144,8 @@ def extract_function_vector(
     examples = load_examples(task, split, sweep_limit)
     hm = head_means(model, tok, task, n_prompts, shots, seed, batch_size, correct_only, progress)
     tensors: dict[str, torch.Tensor] = {"head_means": hm.means}
+    if hm.attn_rms is not None:
+        tensors["attn_rms"] = hm.attn_rms  # (L,)
     extra: dict[str, Any] = {"head_means": hm.metadata(), "sweep_split": split, "sweep_n": len(examples)}
     if heads is None:
         ie = indirect_effects(
@@ -140,7 +164,7 @@ def extract_function_vector(
         heads = list(heads)
     av = ActivationVector(
         "function_vector",
-        tensors | {"vector": function_vector(ad, hm.means, heads)},
+        tensors | {"vector": function_vector(ad, hm.means, heads, hm.attn_rms)},
         {
             "model": model_name(model),
             "model_fingerprint": fingerprint(model),

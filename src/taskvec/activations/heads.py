@@ -6,6 +6,11 @@ saves it at the last token of k-shot prompts; split into heads with the adapter'
 and averaged over N prompts it gives the head means, (L, H, D). Queries and demonstrations come
 from the task's train split; ``fewshot_prompts`` never shows a query as its own demonstration.
 With ``correct_only`` only prompts whose next-token argmax is the answer's first token count.
+
+Models that normalise the attention output before the residual add (Gemma 2 / 3: an RMS norm
+``g * x / rms(x)``) also get ``attn_rms`` (L,): the mean over the same prompts of ``rms(x)``, x
+the layer's whole attention output at the last token, so a head's mean share of the residual
+stream can be written ``g * W_h m_h / attn_rms`` (``function_vectors.head_contribution``).
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ class HeadMeans:
     icl_accuracy: float  # first-token accuracy of the k-shot prompts
     correct_only: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    #: (L,) mean RMS of each layer's attention output where a norm follows it (Gemma), else None
+    attn_rms: torch.Tensor | None = None
 
     @property
     def n_layers(self) -> int:
@@ -85,6 +92,27 @@ def head_activations(
     return ad.split_heads(stacked), preds  # (N, L, H, D)
 
 
+def attn_output_rms(ad: Any, acts: torch.Tensor) -> torch.Tensor | None:
+    """Per prompt and layer ``sqrt(mean(x**2) + eps)`` of the attention output ``x = o_proj(z)``
+    (bias included) from the o_proj inputs ``acts`` (N, L, H, D), with the eps of the norm that
+    follows it; None when the model adds the attention output to the residual without a norm."""
+    gains = [ad.post_attn_gain(i) for i in range(ad.n_layers)]
+    if all(g is None for g in gains):
+        return None
+    z = ad.merge_heads(acts).float()  # (N, L, H*D)
+    out = torch.ones(z.shape[0], ad.n_layers)  # (N, L)
+    with torch.no_grad():
+        for i, ge in enumerate(gains):
+            if ge is None:
+                continue
+            b = ad.o_proj_bias(i)
+            x = z[:, i] @ ad.o_proj_weight(i).detach().float().cpu().T  # (N, hidden)
+            if b is not None:
+                x = x + b.detach().float().cpu()
+            out[:, i] = (x.pow(2).mean(-1) + ge[1]).sqrt()
+    return out
+
+
 def head_means(
     model: nn.Module,
     tok: Any,
@@ -107,6 +135,8 @@ def head_means(
     ad = get_adapter(model)
     total = torch.zeros(ad.n_layers, ad.n_heads, ad.head_dim, dtype=torch.float64)  # (L, H, D)
     counts = torch.zeros(2, dtype=torch.float64)  # kept, correct
+    rms_total = torch.zeros(ad.n_layers, dtype=torch.float64)  # (L,)
+    has_norm = any(ad.post_attn_norm(i) is not None for i in range(ad.n_layers))
     if mine:
         acts, preds = head_activations(
             model, tok, [ps.prompts[i] for i in mine], batch_size, progress and dist.is_main(), "head means"
@@ -114,8 +144,11 @@ def head_means(
         correct = preds == torch.tensor([ps.targets[i] for i in mine])  # (n,)
         keep = correct if correct_only else torch.ones_like(correct)
         total += acts[keep].double().sum(0)
+        if has_norm:
+            rms_total += attn_output_rms(ad, acts[keep]).double().sum(0)  # (L,)
         counts += torch.tensor([float(keep.sum()), float(correct.sum())], dtype=torch.float64)
     total = dist.all_reduce_sum(total)
+    rms_total = dist.all_reduce_sum(rms_total) if has_norm else rms_total
     counts = dist.all_reduce_sum(counts)
     n_keep, n_correct = int(counts[0]), int(counts[1])
     if n_keep == 0:
@@ -133,4 +166,5 @@ def head_means(
         n_total=len(ps.prompts),
         icl_accuracy=n_correct / len(ps.prompts),
         correct_only=correct_only,
+        attn_rms=(rms_total / n_keep).float() if has_norm else None,
     )

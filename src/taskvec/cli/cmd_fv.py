@@ -81,7 +81,8 @@ def run_fv_means(args: argparse.Namespace) -> int:
                     batch_size=args.batch_size, correct_only=args.correct_only, progress=show_progress(args))
     if not dist.is_main():
         return 0
-    av = ActivationVector("head_means", {"head_means": hm.means},
+    tensors = {"head_means": hm.means} | ({"attn_rms": hm.attn_rms} if hm.attn_rms is not None else {})
+    av = ActivationVector("head_means", tensors,
                           hm.metadata() | {"model": str(args.model), "model_fingerprint": fingerprint(model),
                                            "method": "head_means", "positions": "last", "site": "head_out"})
     av.save(out)

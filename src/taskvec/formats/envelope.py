@@ -63,7 +63,7 @@ KINDS: dict[str, FileKind] = {
     "residual_vector": FileKind(
         "residual vector", "1", "pass it with --vector to `taskvec eval`; make one with `taskvec residual extract`"),
     "head_means": FileKind(
-        "head-means file", "1", "pass it to `taskvec fv extract --means`; make one with `taskvec fv means`"),
+        "head-means file", "1", "load it in Python (taskvec.activations.load_activation) for function_vector(); make one with `taskvec fv means`"),
     "soft_task_vector": FileKind(
         "soft task vector", "1", "pass it with --vector to `taskvec eval`; make one with `taskvec soft train`"),
 }

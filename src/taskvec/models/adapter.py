@@ -240,6 +240,13 @@ class ModelAdapter:
         """Norm applied to the attention output before the residual add (Gemma), else None."""
         return None
 
+    def post_attn_gain(self, i: int) -> tuple[torch.Tensor, float] | None:
+        """``(g (hidden,), eps)`` of the RMS norm on layer ``i``'s attention output before the
+        residual add, i.e. ``norm(x) = g * x / sqrt(mean(x**2) + eps)``; None where the attention
+        output is added as it is. What a head adds to the residual is then ``g * W_h z_h / rms(x)``."""
+        norm = self.post_attn_norm(i)
+        return None if norm is None else rms_norm_gain(norm, self.hidden_size)
+
     @property
     def final_norm(self) -> nn.Module:
         """Final norm applied to the residual stream before the LM head."""
@@ -295,6 +302,27 @@ class ModelAdapter:
             f"layers={self.n_layers}, heads={self.n_heads}, kv_heads={self.n_kv_heads}, "
             f"head_dim={self.head_dim}, hidden={self.hidden_size}, layers_at={self._layers_name!r})"
         )
+
+
+def rms_norm_gain(norm: nn.Module, hidden: int) -> tuple[torch.Tensor, float]:
+    """``(g, eps)`` with ``norm(x) == g * x / sqrt(mean(x**2) + eps)``, read off the module by
+    applying it to a ones vector, then checked on a random vector (ModelLoadError if ``norm``
+    is not an RMS norm, e.g. a LayerNorm that subtracts the mean)."""
+    eps = float(next((getattr(norm, a) for a in ("eps", "variance_epsilon") if hasattr(norm, a)), 1e-6))
+    p = next(norm.parameters(), None)
+    dtype, device = (p.dtype, p.device) if p is not None else (torch.float32, "cpu")
+    x = torch.randn(hidden, generator=torch.Generator().manual_seed(0))  # (hidden,)
+    with torch.no_grad():
+        g = norm(torch.ones(hidden, dtype=dtype, device=device)).float().cpu() * (1.0 + eps) ** 0.5
+        out = norm(x.to(dtype=dtype, device=device)).float().cpu()
+    ref = g * x / (x.pow(2).mean() + eps).sqrt()
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    if not torch.allclose(out, ref, rtol=tol, atol=tol * float(ref.abs().max())):
+        raise ModelLoadError(
+            f"{type(norm).__name__} on the attention output is not an RMS norm, so a head's share of the "
+            "residual cannot be computed; register an adapter that overrides post_attn_gain."
+        )
+    return g, eps
 
 
 class GemmaAdapter(ModelAdapter):
