@@ -1,5 +1,6 @@
 """Markdown table of `taskvec residual eval --json` / `taskvec fv eval --json` results, one row per
-task, with the issue's two goal numbers for every vector column.
+task, with the issue's two goal numbers for every vector column. Each accuracy carries its 95%
+Wilson interval (from accuracy and n: these files keep rates, not per-example results).
 
     python benchmarks/activation_table.py runs/rv_diff/*-eval.json
 """
@@ -8,6 +9,11 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from taskvec.eval.stats import wilson_of_rate  # noqa: E402
 
 BASE = ("zero-shot", "10-shot ICL", "10-shot shuffled labels")
 
@@ -39,9 +45,14 @@ def main(paths: list[str]) -> None:
     head = ["task", "n (test)", *BASE, *cols]
     print("| " + " | ".join(head) + " |")
     print("|---|" + "---:|" * (len(head) - 1))
+    def ci(acc: float, n: int) -> str:
+        lo, hi = wilson_of_rate(acc, n)
+        return f"{acc:.3f} [{lo:.3f}, {hi:.3f}]"
+
     for t, c in tasks:
-        vals = [f"{c[b][0]:.3f}" if b in c else "-" for b in BASE]
-        vecs = [f"{c[k][0]:.3f} ({c[k][1]})" if k in c else "-" for k in cols]
+        n = c["n"][0]
+        vals = [ci(c[b][0], n) if b in c else "-" for b in BASE]
+        vecs = [f"{ci(c[k][0], n)} ({c[k][1]})" if k in c else "-" for k in cols]
         print(f"| {t} | {c['n'][0]} | " + " | ".join(vals + vecs) + " |")
     k = len(tasks)
     if not k:

@@ -1,9 +1,24 @@
-"""Markdown table of `taskvec fv eval --json` results: python benchmarks/fv_table.py runs/fv/*-eval.json"""
+"""Markdown table of `taskvec fv eval --json` results: python benchmarks/fv_table.py runs/fv/*-eval.json
+
+Each accuracy carries its 95% Wilson interval (from accuracy and n)."""
 
 from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from taskvec.eval.stats import wilson_of_rate  # noqa: E402
+
+
+def ci(acc: float, n: int) -> str:
+    """``0.xxx [lo, hi]``; ``nan`` stays as it is (no function vector)."""
+    if acc != acc:
+        return "nan"
+    lo, hi = wilson_of_rate(acc, n)
+    return f"{acc:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
 def main(paths: list[str]) -> None:
@@ -18,7 +33,7 @@ def main(paths: list[str]) -> None:
     print("| task | n (test) | zero-shot | 10-shot ICL | 10-shot shuffled | function vector | FV layer |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for t, n, z, icl, sh, fv, layer in rows:
-        print(f"| {t} | {n} | {z:.3f} | {icl:.3f} | {sh:.3f} | {fv:.3f} | {layer} |")
+        print(f"| {t} | {n} | {ci(z, n)} | {ci(icl, n)} | {ci(sh, n)} | {ci(fv, n)} | {layer} |")
     if rows:
         k = len(rows)
         z, icl, fv = (sum(r[i] for r in rows) / k for i in (2, 3, 5))

@@ -5,8 +5,9 @@ vector and LoRA weight-space vector (where the file gave one), all first-token a
 held-out examples; then the mean over tasks of each column (over the tasks that have it) and the
 parameter counts.
 
-Where the rows carry per-example results (taskvec >= 0.9: ``ci95``, ``correct``), each cell also
-shows its 95% Wilson interval, a second table gives the soft vector's paired difference to
+Every cell shows its 95% Wilson interval (from the row's ``ci95``, or for files saved before
+taskvec 0.9 from its accuracy and n). Where the rows carry per-example results (``correct``), a
+second table gives the soft vector's paired difference to
 the ICL row with most shots per task (exact McNemar) and pooled over all examples of all tasks,
 and a third every method's paired difference to zero-shot per task.
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from taskvec.eval.stats import mcnemar, wilson  # noqa: E402
+from taskvec.eval.stats import mcnemar, wilson, wilson_of_rate  # noqa: E402
 
 COLUMNS = (("zero-shot", "zero-shot"), ("5-shot ICL", "5-shot"), ("10-shot ICL", "10-shot"),
            ("function_vector", "function vector"), ("residual_vector", "residual vector"),
@@ -37,7 +38,7 @@ def cells(rows: list[dict]) -> dict[str, dict]:
 
 def fmt(row: dict) -> str:
     """Accuracy, with its 95% interval where the row has one."""
-    ci = row.get("ci95")
+    ci = row.get("ci95") or (wilson_of_rate(row["accuracy"], row["n"]) if row.get("n") else None)
     return f"{row['accuracy']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{row['accuracy']:.3f}"
 
 

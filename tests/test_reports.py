@@ -146,6 +146,19 @@ def test_basis_report_on_tiny_collection(collection, capsys):
     assert "kept of full collection" in capsys.readouterr().out
 
 
+def test_fv_table_intervals(tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    sys.modules.pop("fv_table", None)
+    ft = importlib.import_module("fv_table")
+    rows = [{"method": "zero-shot", "accuracy": 0.0, "n": 10}, {"method": "10-shot ICL", "accuracy": 0.5, "n": 10},
+            {"method": "10-shot shuffled labels", "accuracy": 0.2, "n": 10},
+            {"method": "function vector (layer 3)", "kind": "function_vector", "layer": 3, "accuracy": 0.4, "n": 10}]
+    (tmp_path / "a-eval.json").write_text(json.dumps({"task": "a", "rows": rows}))
+    ft.main([str(tmp_path / "a-eval.json")])
+    assert ("| a | 10 | 0.000 [0.000, 0.278] | 0.500 [0.237, 0.763] | 0.200 [0.057, 0.510] | "
+            "0.400 [0.168, 0.687] | 3 |") in capsys.readouterr().out
+
+
 def test_activation_table_goal_numbers(tmp_path, capsys, monkeypatch):
     """activation_table.py: per-task rows, the mean row and the two goal numbers, by hand."""
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
@@ -163,7 +176,9 @@ def test_activation_table_goal_numbers(tmp_path, capsys, monkeypatch):
         paths.append(str(p))
     at.main(paths)
     out = capsys.readouterr().out
-    assert "| a | 10 | 0.000 | 0.500 | 0.200 | 0.400 (L3 x2) |" in out
+    # Wilson 95% intervals of k / 10 (standard tables: 0/10 -> [0, 0.278], 5/10 -> [0.237, 0.763])
+    assert ("| a | 10 | 0.000 [0.000, 0.278] | 0.500 [0.237, 0.763] | 0.200 [0.057, 0.510] | "
+            "0.400 [0.168, 0.687] (L3 x2) |") in out
     assert "| **mean** | | **0.050** | **0.600** | **0.200** | **0.450** |" in out
     # lift 0.45 - 0.05 = +40.0 points; 0.45 / 0.60 = 75.0% of ICL
     assert "residual (diff): lifts zero-shot by +40.0 points; 75.0% of 10-shot ICL" in out

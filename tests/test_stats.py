@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from taskvec.eval.stats import binom_cdf_half, mcnemar, wilson
+from taskvec.eval.stats import binom_cdf_half, mcnemar, wilson, wilson_of_rate
 
 
 def test_wilson_matches_hand_computed_values():
@@ -43,3 +43,11 @@ def test_eval_result_reports_its_wilson_interval():
     lo, hi = r.ci95
     assert (lo, hi) == wilson(8, 10) and r.to_dict()["ci95"] == [lo, hi] and "correct" not in r.to_dict()
     assert EvalResult(task="t", split="s", n=3, shots=0, seed=0, metric="accuracy", accuracy=1.0).ci95 is None
+
+
+def test_wilson_of_a_stored_rate():
+    assert wilson_of_rate(0.8, 10) == wilson(8, 10)
+    assert wilson_of_rate(0.077, 39) == wilson(3, 39)  # 3 / 39 = 0.0769... stored as 0.077
+    assert wilson_of_rate(0.8727, 872) == wilson(761, 872)
+    with pytest.raises(ValueError, match="not k / 10"):
+        wilson_of_rate(0.333, 10)

@@ -27,6 +27,16 @@ def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     return (max(0.0, mid - half), min(1.0, mid + half))
 
 
+def wilson_of_rate(accuracy: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson interval of an accuracy kept only as a rate over ``n`` examples: ``k = round(accuracy
+    * n)`` (unique for a rate k / n stored to 3 decimals when n <= 1000); for results saved
+    without per-example data. ValueError if the rate is not some k / n to 3 decimals."""
+    k = round(accuracy * n)
+    if n > 0 and abs(k / n - accuracy) > 5e-4 + 1e-9:
+        raise ValueError(f"accuracy {accuracy} is not k / {n} for any integer k")
+    return wilson(k, n, z)
+
+
 def binom_cdf_half(k: int, n: int) -> float:
     """P(X <= k) for X ~ Binomial(n, 1/2), exactly (log-space sums for large n)."""
     if k < 0:
