@@ -52,6 +52,15 @@ def test_fv_extract_with_heads_and_plots(tiny_dir, tmp_path, capsys) -> None:
                         "--heads", "0:1,1:3", "--plot-layers", tmp_path / "layers.png", *SMALL)
     assert code == 0 and out.exists() and (tmp_path / "layers.png").stat().st_size > 0
     assert "layer sweep" in text
+    from taskvec.activations import load_activation
+    from taskvec.cli.activation_opts import validation_gain
+
+    gain = validation_gain(load_activation(out).metadata["extra"])
+    assert gain is not None and ("no layer or scale tried beats zero-shot" in text) == (not gain)
+    assert validation_gain({"zero_shot_accuracy": 0.1, "layer_accuracy": {"0": 0.1, "1": 0.05}}) is False
+    assert validation_gain({"zero_shot_accuracy": 0.1, "grid_accuracy": {"0:1": 0.1, "1:2": 0.2},
+                            "layer_accuracy": {"0": 0.0}}) is True
+    assert validation_gain({"zero_shot_accuracy": 0.1}) is None
 
 
 @pytest.mark.parametrize(

@@ -108,10 +108,21 @@ def plot_layers(av: Any, path: str, title: str) -> str:
     return path
 
 
+def validation_gain(extra: dict[str, Any]) -> bool | None:
+    """Whether the best point of the layer (x scale) sweep beats zero-shot on the validation
+    examples; None when no sweep ran (a fixed layer and scale)."""
+    accs = extra.get("grid_accuracy") or extra.get("layer_accuracy")
+    zs = extra.get("zero_shot_accuracy")
+    if not accs or zs is None:
+        return None
+    return max(accs.values()) > zs
+
+
 def report_extraction(av: Any, out: Path, args: argparse.Namespace, plots: dict[str, str]) -> int:
     extra = av.metadata.get("extra", {})
     info = {"out": str(out), "kind": av.kind} | {k: v for k, v in av.metadata.items() if k != "extra"}
-    info |= {"extra": extra, "plots": plots}
+    gain = validation_gain(extra)
+    info |= {"extra": extra, "plots": plots, "above_zero_shot_on_validation": gain}
     if args.json:
         print_json(info)
         return 0
@@ -133,6 +144,9 @@ def report_extraction(av: Any, out: Path, args: argparse.Namespace, plots: dict[
                     title=f"\nscale sweep (layer {av.layer}):")
     for name, path in plots.items():
         print(f"{name}: {path}")
+    if gain is False:
+        print(f"note: no layer or scale tried beats zero-shot on the {extra.get('sweep_n')} validation examples, "
+              "so this vector is unlikely to help on this task and model; compare it with `eval` before use.")
     return 0
 
 
