@@ -4,7 +4,8 @@ Usage:
     python benchmarks/merge_report.py --collection runs/collection \
         [--methods task_arithmetic,ties,dare_ties,tsv,breadcrumbs] [--grid 0.1:1.0:0.1] \
         [--method-grid ties=0.5:2.0:0.25] [--param ties:density=0.2] [--search-limit 100] \
-        [--eval-limit 500] [--negate sst2:ag_news] [--negate-grid 0.1:2.0:0.1]
+        [--eval-limit 500] [--negate sst2:ag_news] [--negate-grid 0.1:2.0:0.1] \
+        [--per-task [task_arithmetic,tsv]]
 
 Every accuracy carries its 95% Wilson interval and per-example results; the methods are ranked by
 pooled accuracy and each is tested against task_arithmetic on the same examples (exact McNemar,
@@ -182,9 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--param", action="append", default=[], metavar="METHOD:KEY=VALUE", help="merge parameter")
     p.add_argument("--search-limit", type=int, default=100, help="held-out examples per task for the search")
     p.add_argument("--eval-limit", type=int, default=None, help="eval examples per task (default: the collection's)")
-    p.add_argument("--per-task", action="store_true",
+    p.add_argument("--per-task", nargs="?", const="all", default=None, metavar="METHODS",
                    help="also choose one coefficient per task vector (coordinate ascent from the global "
-                        "lambda, on the same held-out examples): rows 'METHOD (per-task)'")
+                        "lambda, on the same held-out examples): rows 'METHOD (per-task)'; for every method, "
+                        "or for the comma-separated METHODS in that order (hours each on a CPU)")
     p.add_argument("--negate", default="sst2:ag_news", help="TARGET:CONTROL, or 'none'")
     p.add_argument("--negate-grid", default="0.1:2.0:0.1")
     p.add_argument("--batch-size", type=int, default=16)
@@ -223,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
         vectors = [TaskVector.load(cdir / coll["tasks"][t]["vector"]) for t in names]
         for m in methods:
             parse_grid(grids[m])
+        per_methods = [] if args.per_task is None else methods if args.per_task == "all" else [
+            get_method(m.strip()).name for m in args.per_task.split(",") if m.strip()]
+        if set(per_methods) - set(methods):
+            raise SystemExit(f"merge_report: --per-task {sorted(set(per_methods) - set(methods))} not in --methods")
         model, tok = load_model(coll["model"])
         report: dict[str, Any] = {
             "model": coll["model"], "collection": str(cdir), "tasks": names,
@@ -232,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         # every method's global search first, then the per-task searches (hours each on a CPU), so a
         # partial run already ranks every method; the report is rewritten after each method
-        for per, m in [(per, m) for per in ((False, True) if args.per_task else (False,)) for m in methods]:
+        for per, m in [(False, m) for m in methods] + [(True, m) for m in per_methods]:
             key = {"method": m, "grid": grids[m], "params": params.get(m, {}), "tasks": names, "per_task": per,
                    "search_limit": args.search_limit, "eval_limit": eval_limit, "holdout": coll["holdout"],
                    "batch_size": args.batch_size, "base_fingerprint": coll["base_fingerprint"],

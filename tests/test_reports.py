@@ -105,6 +105,14 @@ def test_merge_report_on_tiny_collection(collection, capsys):
     for m in rep["methods"].values():
         for t in m["tasks"].values():
             assert len(t["correct"]) == t["n"] and abs(sum(t["correct"]) / t["n"] - t["accuracy"]) < 1e-6
+    # per-task searches for a subset only (all cached now)
+    argv = ["--collection", str(collection), "--methods", "task_arithmetic,ties", "--grid", "0.5,1",
+            "--search-limit", "4", "--negate", "none", "--no-progress"]
+    assert mr.main([*argv, "--per-task", "ties"]) == 0
+    rep = json.loads((collection / "merge_report.json").read_text())
+    assert list(rep["methods"]) == ["task_arithmetic", "ties", "ties (per-task)"]
+    with pytest.raises(SystemExit, match="not in --methods"):
+        mr.main([*argv, "--per-task", "tsv"])
 
 
 def test_merge_report_paired_table_by_hand():
