@@ -236,9 +236,7 @@ def main(argv: list[str] | None = None) -> int:
                          "eval_limit_matches_collection": eval_limit == coll.get("eval_limit")},
             "collection_summary": {t: coll["tasks"][t] for t in names}, "methods": {},
         }
-        # every method's global search first, then the per-task searches (hours each on a CPU), so a
-        # partial run already ranks every method; the report is rewritten after each method
-        for per, m in [(False, m) for m in methods] + [(True, m) for m in per_methods]:
+        def run(per: bool, m: str) -> None:
             key = {"method": m, "grid": grids[m], "params": params.get(m, {}), "tasks": names, "per_task": per,
                    "search_limit": args.search_limit, "eval_limit": eval_limit, "holdout": coll["holdout"],
                    "batch_size": args.batch_size, "base_fingerprint": coll["base_fingerprint"],
@@ -248,14 +246,23 @@ def main(argv: list[str] | None = None) -> int:
             if old and old.get("key") == key:
                 print(f"{label}: cached ({path})", file=sys.stderr)
                 report["methods"][label] = old
-                continue
+                return
             print(f"{label}: searching over {grids[m]}", file=sys.stderr)
             report["methods"][label] = run_method(model, tok, m, vectors, tasks, coll, key, progress,
                                                   log=cache / f"{m}.search.jsonl")
             write_json(path, report["methods"][label])
             write_report(out_dir, report)
+
+        # every method's global search first, then the negation (minutes), then the per-task searches
+        # (hours each on a CPU), so a partial run already ranks every method; the report is rewritten
+        # after each step
+        for m in methods:
+            run(False, m)
         if args.negate and args.negate != "none":
             report["negation"] = _negation(model, tok, args, coll, cdir, cache, eval_limit, progress)
+            write_report(out_dir, report)
+        for m in per_methods:
+            run(True, m)
     except TaskVecError as exc:
         print(f"merge_report: error: {exc}", file=sys.stderr)
         return 2

@@ -96,7 +96,11 @@ def test_merge_report_on_tiny_collection(collection, capsys):
     assert logs == ["task_arithmetic.search.jsonl", "ties.search.jsonl"]
     # global and per-task searches share a log: the 2 global settings once, then 4 x 1 coordinate steps
     assert len((collection / "merge_report" / "ties.search.jsonl").read_text().splitlines()) == 1 + 2 + 4
-    out = capsys.readouterr().out
+    cap = capsys.readouterr()
+    out = cap.out
+    # order: global searches, then the negation (minutes), then the per-task searches (hours)
+    assert cap.err.index("ties: searching") < cap.err.index("negation: sst2") < cap.err.index(
+        "task_arithmetic (per-task): searching")
     assert "| task_arithmetic |" in out and "Methods ranked by pooled accuracy" in out
     ta = next(ln for ln in out.splitlines() if ln.startswith("| task_arithmetic |"))
     acc, ci = rep["methods"]["task_arithmetic"]["tasks"]["sst2"]["accuracy"], \
