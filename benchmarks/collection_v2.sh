@@ -36,7 +36,8 @@ fi
 # global methods first. Iso-C / Iso-CTS grids: pre-registered as 0.1,0.2,0.4,0.8; both chose
 # 0.8, the grid's top, so 1.2 and 1.6 were added on 2026-12-06; Iso-C then chose 1.6, the top
 # again, so 2.4 and 3.2 were added (still chosen on held-out train examples; logged settings are
-# reused from the search logs, not rescored).
+# reused from the search logs, not rescored). Both then chose 2.4, inside the grid. The negation
+# runs after the global searches, before the per-task ones.
 KEEP=$("$PY" -c "import json,sys; t=json.load(open(sys.argv[1]))['tasks']; \
 print(','.join(k for k, r in t.items() if (r.get('vs_zero_shot') or {}).get('above_zero_shot')))" "$OUT/collection.json")
 echo "merged (significantly above zero-shot): $KEEP"
