@@ -292,7 +292,7 @@ def _negation(model: Any, tok: Any, args: argparse.Namespace, coll: dict[str, An
         raise SystemExit(f"merge_report: --negate {args.negate}: give TARGET:CONTROL with TARGET in the collection")
     key = {"target": target, "control": control, "grid": args.negate_grid, "search_limit": args.search_limit,
            "eval_limit": eval_limit, "holdout": coll["holdout"], "base_fingerprint": coll["base_fingerprint"],
-           "collection_recipe": coll["recipe"]}
+           "collection_recipe": coll["recipe"], "per_example": True}
     path = cache / "negation.json"
     old = read_json(path)
     if old and old.get("key") == key:
@@ -301,7 +301,7 @@ def _negation(model: Any, tok: Any, args: argparse.Namespace, coll: dict[str, An
     print(f"negation: {target} (control {control})", file=sys.stderr)
     vec = TaskVector.load(cdir / coll["tasks"][target]["vector"])
     res = negate(model, tok, vec, get_task(target), get_task(control), args.negate_grid, args.search_limit,
-                 eval_limit=eval_limit, holdout=coll["holdout"]["n"], seed=coll["holdout"]["seed"],
+                 eval_limit=eval_limit or 0, holdout=coll["holdout"]["n"], seed=coll["holdout"]["seed"],
                  batch_size=args.batch_size, progress=progress)
     out = res.to_dict() | {"key": key}
     write_json(path, out)

@@ -367,6 +367,18 @@ def test_cli_search_negate_compare(capsys, tiny_files, tmp_path):
     assert code == 0, err
     neg = json.loads(out)
     assert [r["c"] for r in neg["curve"]] == [0.5, 1.0] and neg["eval_n"] == {"sst2": 2, "rte": 2}
+    # default scorer: per-example final numbers, Wilson intervals and the paired test vs base
+    for task in ("sst2", "rte"):
+        t = neg["paired"][task]
+        assert t["n"] == 2 and t["b_correct"] == round(neg["base_target" if task == "sst2" else "base_control"] * 2)
+        assert t["a_correct"] == round(neg["target_at_c" if task == "sst2" else "control_at_c"] * 2)
+        lo, hi = neg["eval_ci95"]["negated"][task]
+        assert lo <= t["a_correct"] / 2 <= hi
+    code, out, err = run(capsys, "negate", "--vector", a, "--target", "sst2", "--control", "rte", "--grid", "0.5,1",
+                         *common[:-2], "--no-progress")
+    assert code == 0, err
+    if neg["chosen"] is not None:
+        assert "exact McNemar p =" in out
     code, out, err = run(capsys, "compare", a, b, "--plot", tmp_path / "sim.html")
     assert code == 0, err
     assert "cosine similarity" in out and "sign-conflict rate" in out and (tmp_path / "sim.html").exists()

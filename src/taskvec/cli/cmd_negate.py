@@ -82,14 +82,24 @@ def run_negate(args: argparse.Namespace) -> int:
               "try a grid with smaller values.")
         return 0
     ev = res.eval_split
+
+    def cell(v: float | None, which: str, task: str) -> str:  # accuracy [95% Wilson interval]
+        ci = res.eval_ci95.get(which, {}).get(task)
+        return fmt_acc(v) + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
     print_table(
-        [["base", fmt_acc(res.base_target), fmt_acc(res.base_control)],
-         [f"base - {res.chosen:g} x vector", fmt_acc(res.target_at_c), fmt_acc(res.control_at_c)],
+        [["base", cell(res.base_target, "base", res.target), cell(res.base_control, "base", res.control)],
+         [f"base - {res.chosen:g} x vector", cell(res.target_at_c, "negated", res.target),
+          cell(res.control_at_c, "negated", res.control)],
          ["change", fmt_acc(acc_diff(res.target_at_c, res.base_target)),
           fmt_acc(acc_diff(res.control_at_c, res.base_control))]],
         ["model", f"{res.target} ({ev.get(res.target)}, n={res.eval_n.get(res.target)})",
          f"{res.control} ({ev.get(res.control)}, n={res.eval_n.get(res.control)})"],
     )
+    for task, t in res.paired.items():
+        sig = "significant" if t["significant"] else "not significant"
+        print(f"{task}: negated vs base on the same {t['n']} examples: {t['only_a']} / {t['only_b']} discordant "
+              f"(right only negated / only base), exact McNemar p = {t['p_value']:.2g} ({sig})")
     if res.grid_edge:
         print(edge_note(res.grid_edge, "c"))
     if res.selected_on_eval_split:

@@ -62,6 +62,11 @@ class NegationResult:
     #: where the selection could see training or reported examples (taskvec.weights.protocol)
     protocol_warnings: list[str] = field(default_factory=list)
     selected_on_eval_split: bool = False
+    #: with the default scorer: 95% Wilson intervals of the four eval accuracies
+    #: (``{"base": {task: [lo, hi]}, "negated": {...}}``) and the exact McNemar test of negated vs
+    #: base per task (``{task: PairedTest.to_dict()}``): the same examples, so a paired test
+    eval_ci95: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    paired: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def target_drop(self) -> float | None:
@@ -113,6 +118,20 @@ def choose_coefficient(curve: list[dict[str, float]], base_control: float,
     return choose(ok) if ok else None
 
 
+def _ci(r: Any) -> list[float] | None:
+    return list(r.ci95) if r.ci95 else None
+
+
+def _final_scorer(batch_size: int) -> Callable[..., Any]:
+    """``(model, tok, task, (split, examples)) -> EvalResult`` with per-example results."""
+    from taskvec.eval import evaluate
+
+    def final(model: Any, tok: Any, task: Any, data: tuple[str, list[dict]]) -> Any:
+        return evaluate(model, tok, task, split=data[0], examples=data[1], batch_size=batch_size, progress=False)
+
+    return final
+
+
 def negate(
     model: Any, tok: Any, vector: TaskVector, target_task: Any, control_task: Any,
     grid: str | list[float] = "0.1:2.0:0.1", limit: int | None = None, *,
@@ -124,7 +143,9 @@ def negate(
     """Negate ``vector`` on ``model`` (in memory; restored afterwards); see the module docstring.
 
     ``limit`` caps the search examples per task, ``eval_limit`` the eval examples
-    (default: ``limit``). ``final_eval=False`` skips the eval-split numbers.
+    (default: ``limit``; 0: the whole eval split). ``final_eval=False`` skips the eval-split
+    numbers. With the default scorer the final numbers keep per-example results: Wilson intervals
+    and an exact McNemar test of negated vs base on the same examples (``eval_ci95``, ``paired``).
     """
     from tqdm.auto import tqdm
 
@@ -136,6 +157,7 @@ def negate(
         raise UserInputError(f"threshold must be in (0, 1], got {threshold}.")
     if target_task.name == control_task.name:
         raise UserInputError("the target and control tasks are the same: pick a different control task.")
+    per_example = scorer is None
     scorer = scorer or accuracy_scorer(batch_size)
     sel = {t.name: search_examples(t, split, limit, holdout, seed, allow_eval_split)
            for t in (target_task, control_task)}
@@ -163,15 +185,31 @@ def negate(
         selected_on_eval_split=any(sel[t.name][0] == t.eval_split for t in (target_task, control_task)),
     )
     if final_eval:
-        lim = limit if eval_limit is None else eval_limit
+        lim = limit if eval_limit is None else (eval_limit or None)
         ev = {t.name: (t.eval_split, t.load(t.eval_split, limit=lim)) for _, t in pair}
         res.eval_split = {k: v[0] for k, v in ev.items()}
         res.eval_n = {k: len(v[1]) for k, v in ev.items()}
-        base = score(ev)
+        final = _final_scorer(batch_size) if per_example else None
+        if final is None:
+            base = score(ev)
+        else:
+            base_res = {role: final(model, tok, t, ev[t.name]) for role, t in pair}
+            base = {role: r.accuracy for role, r in base_res.items()}
+            res.eval_ci95["base"] = {t.name: _ci(base_res[role]) for role, t in pair}
         res.base_target, res.base_control = base["target"], base["control"]
         if chosen is not None:
             with applied(model, vector, -chosen, restore):
-                at = score(ev)
+                if final is None:
+                    at = score(ev)
+                else:
+                    at_res = {role: final(model, tok, t, ev[t.name]) for role, t in pair}
+                    at = {role: r.accuracy for role, r in at_res.items()}
             res.target_at_c, res.control_at_c = at["target"], at["control"]
+            if final is not None:
+                from taskvec.eval.stats import mcnemar
+
+                res.eval_ci95["negated"] = {t.name: _ci(at_res[role]) for role, t in pair}
+                res.paired = {t.name: mcnemar(at_res[role].correct, base_res[role].correct).to_dict()
+                              for role, t in pair}
     res.seconds = round(time.perf_counter() - t0, 3)
     return res
