@@ -79,7 +79,7 @@ def negation_eval(model: Any, tok: Any, vector: Any, coll: dict[str, Any], args:
 
     target, _, control = args.negate.partition(":")
     res = negate(model, tok, vector, get_task(target), get_task(control), args.negate_grid, args.search_limit,
-                 eval_limit=args.eval_limit, holdout=coll["holdout"]["n"], seed=coll["holdout"]["seed"],
+                 eval_limit=args.eval_limit or 0, holdout=coll["holdout"]["n"], seed=coll["holdout"]["seed"],
                  batch_size=args.batch_size, progress=progress)
     return res.to_dict()
 
