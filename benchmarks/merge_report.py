@@ -170,6 +170,12 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{neg['threshold']:g} x base on held-out data): chosen c = {neg['chosen']}; "
                 f"{neg['target']} {_cell(neg['base_target'])} -> {_cell(neg['target_at_c'])}, "
                 f"{neg['control']} {_cell(neg['base_control'])} -> {_cell(neg['control_at_c'])} (eval splits)."]
+        ci = neg.get("eval_ci95") or {}
+        for task, t in (neg.get("paired") or {}).items():
+            b, a = ci.get("base", {}).get(task), ci.get("negated", {}).get(task)
+            out.append(f"- {task} (n = {t['n']}): base {_cell(t['b_correct'] / t['n'], ci=b)}, negated "
+                       f"{_cell(t['a_correct'] / t['n'], ci=a)}; discordant {t['only_a']} / {t['only_b']} "
+                       f"(right only negated / only base), exact McNemar p = {t['p_value']:.2g}")
     return "\n".join(out) + "\n"
 
 
