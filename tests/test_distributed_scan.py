@@ -37,6 +37,9 @@ SHAPES = {
 }
 
 
+ABORT = "terminate called without an active exception"
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -51,6 +54,11 @@ def _torchrun(args: list[str], nproc: int = 2, timeout: int = 300) -> str:
     else:
         cmd = [sys.executable, *args]
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    if p.returncode != 0 and ABORT in p.stderr:
+        # known, open: a rank sometimes aborts in gloo's teardown at interpreter exit (about 1 run
+        # in 3 of this file in the oldest-versions environment, 2026-12-06); rerun once, and only
+        # for that message, so any other failure still fails
+        p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     assert p.returncode == 0, p.stderr[-3000:]
     return p.stdout
 
