@@ -3,7 +3,7 @@
 Usage:
     python benchmarks/basis_report.py --collection runs/collection \
         [--methods pca,autoencoder,random,random_sample] [--ms 2,half,T-1] [--grid 0.1:0.5:0.1] \
-        [--search-limit 30] [--eval-limit 100] [--negate sst2:ag_news] [--negate-grid 0.1:0.5:0.1] \
+        [--search-limit 30] [--eval-limit 100 (0: whole splits)] [--negate sst2:ag_news] [--negate-grid 0.1:0.5:0.1] \
         [--negate-ms half] [--keep-bases]
 
 For every method and M: the basis is built by streaming over the collection's vector files
@@ -180,7 +180,8 @@ def markdown(report: dict[str, Any]) -> str:
     tasks = report["tasks"]
     full = report["full"]
     s = report["settings"]
-    lines = [f"Model {report['model']}, T = {len(tasks)} task vectors; eval: first {s['eval_limit']} examples "
+    evald = f"first {s['eval_limit']} examples" if s["eval_limit"] else "every example"
+    lines = [f"Model {report['model']}, T = {len(tasks)} task vectors; eval: {evald} "
              f"of each eval split; lambda chosen on {s['search_limit']} held-out train examples per task "
              f"(grid {s['grid']}).", ""]
     lines += ["Addition columns: taskvec's addition (the sum of the T tasks recovered from the basis); "
@@ -258,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ms", default="2,half,T-1", help="basis sizes: integers, 'half' (T // 2), 'T-1'")
     p.add_argument("--grid", default="0.1:0.5:0.1", help="lambda grid for the addition")
     p.add_argument("--search-limit", type=int, default=30)
-    p.add_argument("--eval-limit", type=int, default=100)
+    p.add_argument("--eval-limit", type=int, default=100, help="eval examples per task; 0: the whole split")
     p.add_argument("--negate", default="sst2:ag_news", help="TARGET:CONTROL or 'none'")
     p.add_argument("--negate-grid", default="0.1:0.5:0.1")
     p.add_argument("--source-grid", default="0.1,0.2,0.3,0.5,0.7,1.0",
@@ -269,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep-bases", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
+    if args.eval_limit < 0:
+        raise SystemExit("basis_report: --eval-limit must be >= 0 (0: every example of each eval split)")
+    args.eval_limit = args.eval_limit or None  # 0 -> the whole split, as build_collection / merge_report
 
     from taskvec.errors import TaskVecError
     from taskvec.models import load_model

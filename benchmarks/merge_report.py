@@ -5,7 +5,7 @@ Usage:
         [--methods task_arithmetic,ties,dare_ties,tsv,breadcrumbs] [--grid 0.1:1.0:0.1] \
         [--method-grid ties=0.5:2.0:0.25] [--param ties:density=0.2] [--search-limit 100] \
         [--eval-limit 500] [--negate sst2:ag_news] [--negate-grid 0.1:2.0:0.1] \
-        [--per-task [task_arithmetic,tsv]]
+        [--per-task [task_arithmetic,tsv]] [--variant ties_core=ties:space=core]
 
 Every accuracy carries its 95% Wilson interval and per-example results; the methods are ranked by
 pooled accuracy and each is tested against task_arithmetic on the same examples (exact McNemar,
@@ -50,6 +50,29 @@ def parse_method_params(items: list[str]) -> dict[str, dict[str, str]]:
         if not sep or not sep2 or not key.strip():
             raise SystemExit(f"merge_report: --param needs METHOD:KEY=VALUE, got {item!r}")
         out.setdefault(method.strip(), {})[key.strip()] = value.strip()
+    return out
+
+
+def parse_variants(items: list[str]) -> dict[str, tuple[str, dict[str, str]]]:
+    """``["ties_core=ties:space=core"]`` -> ``{"ties_core": ("ties", {"space": "core"})}``: a named
+    method with fixed parameters (a LoRA-native variant next to the dense method), usable in
+    ``--methods``, ``--per-task``, ``--method-grid`` and ``--param`` like a method name."""
+    from taskvec.weights.merge import get_method
+
+    out: dict[str, tuple[str, dict[str, str]]] = {}
+    for item in items:
+        name, sep, spec = item.partition("=")
+        method, _, kvs = spec.partition(":")
+        name = name.strip()
+        if not sep or not name or not method.strip():
+            raise SystemExit(f"merge_report: --variant needs NAME=METHOD[:KEY=VALUE,...], got {item!r}")
+        params: dict[str, str] = {}
+        for kv in filter(None, (x.strip() for x in kvs.split(","))):
+            key, sep2, value = kv.partition("=")
+            if not sep2 or not key.strip():
+                raise SystemExit(f"merge_report: --variant {name}: {kv!r} is not KEY=VALUE")
+            params[key.strip()] = value.strip()
+        out[name] = (get_method(method.strip()).name, params)
     return out
 
 
@@ -187,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--grid", default=None, help=f"lambda grid for every method (default {SUM_GRID}; ties/dare_ties 0.5:2.0:0.25)")
     p.add_argument("--method-grid", action="append", default=[], metavar="METHOD=GRID")
     p.add_argument("--param", action="append", default=[], metavar="METHOD:KEY=VALUE", help="merge parameter")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=METHOD[:KEY=VALUE,...]",
+                   help="a named method with fixed parameters, e.g. ties_core=ties:space=core (the LoRA-native "
+                        "variant); use NAME in --methods / --per-task")
     p.add_argument("--search-limit", type=int, default=100, help="held-out examples per task for the search")
     p.add_argument("--eval-limit", type=int, default=None, help="eval examples per task (default: the collection's)")
     p.add_argument("--per-task", nargs="?", const="all", default=None, metavar="METHODS",
@@ -220,19 +246,28 @@ def main(argv: list[str] | None = None) -> int:
         missing = [t for t in names if t not in coll["tasks"]]
         if missing:
             raise SystemExit(f"merge_report: tasks {missing} are not in the collection")
-        methods = [get_method(m.strip()).name for m in args.methods.split(",") if m.strip()]
-        grids = {m: args.grid or DEFAULT_GRIDS.get(m, SUM_GRID) for m in methods}
+        variants = parse_variants(args.variant)
+
+        def name_of(m: str) -> str:  # a variant's name, or the registry's name of a method
+            return m if m in variants else get_method(m).name
+
+        methods = [name_of(m.strip()) for m in args.methods.split(",") if m.strip()]
+        base = {m: variants[m][0] if m in variants else m for m in methods}  # the merge method itself
+        grids = {m: args.grid or DEFAULT_GRIDS.get(base[m], SUM_GRID) for m in methods}
         for item in args.method_grid:
             m, _, g = item.partition("=")
-            grids[get_method(m.strip()).name] = g
+            grids[name_of(m.strip())] = g
         params = parse_method_params(args.param)
+        for m in methods:
+            if m in variants:
+                params[m] = variants[m][1] | params.get(m, {})
         eval_limit = args.eval_limit if args.eval_limit is not None else coll.get("eval_limit")
         tasks = [get_task(t) for t in names]
         vectors = [TaskVector.load(cdir / coll["tasks"][t]["vector"]) for t in names]
         for m in methods:
             parse_grid(grids[m])
         per_methods = [] if args.per_task is None else methods if args.per_task == "all" else [
-            get_method(m.strip()).name for m in args.per_task.split(",") if m.strip()]
+            name_of(m.strip()) for m in args.per_task.split(",") if m.strip()]
         if set(per_methods) - set(methods):
             raise SystemExit(f"merge_report: --per-task {sorted(set(per_methods) - set(methods))} not in --methods")
         model, tok = load_model(coll["model"])
@@ -243,10 +278,12 @@ def main(argv: list[str] | None = None) -> int:
             "collection_summary": {t: coll["tasks"][t] for t in names}, "methods": {},
         }
         def run(per: bool, m: str) -> None:
-            key = {"method": m, "grid": grids[m], "params": params.get(m, {}), "tasks": names, "per_task": per,
+            key = {"method": base[m], "grid": grids[m], "params": params.get(m, {}), "tasks": names, "per_task": per,
                    "search_limit": args.search_limit, "eval_limit": eval_limit, "holdout": coll["holdout"],
                    "batch_size": args.batch_size, "base_fingerprint": coll["base_fingerprint"],
                    "collection_recipe": coll["recipe"], "per_example": True}
+            if m in variants:
+                key["variant"] = m
             label, path = (f"{m} (per-task)", cache / f"{m}-per-task.json") if per else (m, cache / f"{m}.json")
             old = read_json(path)
             if old and old.get("key") == key:
@@ -254,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
                 report["methods"][label] = old
                 return
             print(f"{label}: searching over {grids[m]}", file=sys.stderr)
-            report["methods"][label] = run_method(model, tok, m, vectors, tasks, coll, key, progress,
+            report["methods"][label] = run_method(model, tok, base[m], vectors, tasks, coll, key, progress,
                                                   log=cache / f"{m}.search.jsonl")
             write_json(path, report["methods"][label])
             write_report(out_dir, report)

@@ -117,6 +117,21 @@ def test_merge_report_on_tiny_collection(collection, capsys):
     assert list(rep["methods"]) == ["task_arithmetic", "ties", "ties (per-task)"]
     with pytest.raises(SystemExit, match="not in --methods"):
         mr.main([*argv, "--per-task", "tsv"])
+    # a named variant (the LoRA-native TIES) sits next to the dense method, with its own cache and log;
+    # the dense rows stay cached (their keys do not change)
+    assert mr.main([*argv[:2], "--methods", "task_arithmetic,ties,ties_core", "--variant", "ties_core=ties:space=core",
+                    *argv[4:]]) == 0
+    rep = json.loads((collection / "merge_report.json").read_text())
+    assert list(rep["methods"]) == ["task_arithmetic", "ties", "ties_core"]
+    core = rep["methods"]["ties_core"]
+    assert core["key"]["method"] == "ties" and core["key"]["params"] == {"space": "core"}
+    assert core["key"]["variant"] == "ties_core" and "variant" not in rep["methods"]["ties"]["key"]
+    assert (collection / "merge_report" / "ties_core.search.jsonl").exists()
+    assert "ties: cached" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="NAME=METHOD"):
+        mr.main([*argv, "--variant", "=ties"])
+    with pytest.raises(SystemExit, match="is not KEY=VALUE"):
+        mr.main([*argv, "--variant", "x=ties:space"])
 
 
 def test_merge_report_paired_table_by_hand():
@@ -156,6 +171,11 @@ def test_basis_report_on_tiny_collection(collection, capsys):
     assert rep["denominators"].keys() == {"sst2", "trec", "cola", "rte"}
     assert not list((collection / "basis_report" / "bases").glob("*.safetensors"))  # deleted after use
     assert "kept of full collection" in capsys.readouterr().out
+    assert "eval: first 5 examples of each eval split" in br.markdown(rep)
+    rep["settings"]["eval_limit"] = None  # --eval-limit 0: whole splits
+    assert "eval: every example of each eval split" in br.markdown(rep)
+    with pytest.raises(SystemExit, match="eval-limit must be >= 0"):
+        br.main(["--collection", str(collection), "--eval-limit", "-1"])
 
 
 def test_fv_table_intervals(tmp_path, capsys, monkeypatch):
