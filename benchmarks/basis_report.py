@@ -256,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--collection", required=True)
     p.add_argument("--methods", default=",".join(ALL_METHODS))
+    p.add_argument("--tasks", default=None, help="comma-separated subset of the collection's tasks (default: all)")
     p.add_argument("--ms", default="2,half,T-1", help="basis sizes: integers, 'half' (T // 2), 'T-1'")
     p.add_argument("--grid", default="0.1:0.5:0.1", help="lambda grid for the addition")
     p.add_argument("--search-limit", type=int, default=30)
@@ -286,14 +287,21 @@ def main(argv: list[str] | None = None) -> int:
     cache = cdir / "basis_report"
     cache.mkdir(parents=True, exist_ok=True)
     progress = not args.no_progress
-    names = list(coll["tasks"])
+    names = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else list(coll["tasks"])
+    missing = [t for t in names if t not in coll["tasks"]]
+    if missing or not names:
+        raise SystemExit(f"basis_report: --tasks {missing or args.tasks!r}: not in the collection")
     ms = parse_ms(args.ms, len(names))
     neg_ms = ms if args.negate_ms == "all" else parse_ms(args.negate_ms, len(names))
     do_neg = args.negate != "none"
+    if do_neg and args.negate.partition(":")[0] not in names:
+        raise SystemExit(f"basis_report: --negate {args.negate}: the target is not among the tasks {names}")
     settings = {"format": 2, "eval_limit": args.eval_limit, "search_limit": args.search_limit, "grid": args.grid,
                 "source_grid": args.source_grid,
                 "negate": args.negate, "negate_grid": args.negate_grid, "seed": args.seed,
                 "holdout": coll["holdout"], "collection_recipe": coll["recipe"]}
+    if names != list(coll["tasks"]):  # a subset (e.g. the vectors merge_report merges); all: older caches hold
+        settings["tasks"] = names
     try:
         tasks = [get_task(t) for t in names]
         files = [cdir / coll["tasks"][t]["vector"] for t in names]

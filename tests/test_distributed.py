@@ -69,3 +69,41 @@ def test_torchrun_head_means_equal_single_process(tmp_path):
     # Same prompts, different batch padding per rank: equal up to float32 rounding.
     assert_forward_close(b, a)
     assert a.shape == b.shape
+
+
+def test_leave_is_a_no_op_in_one_process_and_exits_under_torchrun(monkeypatch, capsys):
+    """``dist.leave`` ends a torchrun rank with os._exit (after flushing), skipping gloo's teardown."""
+    from taskvec import dist
+
+    calls: list[int] = []
+
+    def fake_exit(code: int) -> None:
+        calls.append(code)
+
+    monkeypatch.setattr(dist.os, "_exit", fake_exit)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    dist.leave(0)
+    assert calls == []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    print("written before leaving", end="")
+    dist.leave(3)
+    assert calls == [3]
+    assert capsys.readouterr().out == "written before leaving"
+
+
+def test_cli_main_leaves_only_as_the_command(monkeypatch, capsys):
+    """Under torchrun the `taskvec` command (argv from sys.argv) leaves through ``dist.leave``;
+    ``main([...])`` called from Python returns its code and never ends the process."""
+    from taskvec import dist
+    from taskvec.cli.main import main
+
+    calls: list[int] = []
+    monkeypatch.setattr(dist, "finish", lambda: None)  # no process group in this test
+    monkeypatch.setattr(dist.os, "_exit", calls.append)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["tasks", "--json"]) == 0
+    assert calls == []
+    monkeypatch.setattr(sys, "argv", ["taskvec", "tasks", "--json"])
+    assert main() == 0
+    assert calls == [0]
+    capsys.readouterr()

@@ -176,6 +176,10 @@ def test_basis_report_on_tiny_collection(collection, capsys):
     assert "eval: every example of each eval split" in br.markdown(rep)
     with pytest.raises(SystemExit, match="eval-limit must be >= 0"):
         br.main(["--collection", str(collection), "--eval-limit", "-1"])
+    with pytest.raises(SystemExit, match="not in the collection"):
+        br.main(["--collection", str(collection), "--tasks", "sst2,mnli"])
+    with pytest.raises(SystemExit, match="target is not among the tasks"):
+        br.main(["--collection", str(collection), "--tasks", "trec,cola", "--negate", "sst2:trec"])
 
 
 def test_fv_table_intervals(tmp_path, capsys, monkeypatch):

@@ -96,6 +96,7 @@ def third_party_bars(show: bool) -> Iterator[None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    entry = argv is None  # run as the `taskvec` command (not called from Python with arguments)
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = parser.parse_args(argv)
@@ -111,6 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         started = sys.modules.get("taskvec.dist")  # never imported: no process group was started
         if started is not None:
             started.finish()  # under torchrun: every rank leaves together
+            if entry:
+                started.leave(code)  # and skips gloo's teardown at interpreter exit
         return code
     except TaskVecError as exc:
         if debug:
