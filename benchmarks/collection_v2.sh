@@ -32,17 +32,30 @@ fi
   --eval-every 50 --patience 4 --no-progress
 # Only vectors significantly above zero-shot (exact McNemar, p < 0.05) are merged; the others
 # keep their row in collection.json and are named here.
-# Per-task searches (about 1.5 h each) run after every global one, the reference and the best
-# global methods first. Iso-C / Iso-CTS grids: pre-registered as 0.1,0.2,0.4,0.8; both chose
-# 0.8, the grid's top, so 1.2 and 1.6 were added on 2026-12-06; Iso-C then chose 1.6, the top
-# again, so 2.4 and 3.2 were added (still chosen on held-out train examples; logged settings are
-# reused from the search logs, not rescored). Both then chose 2.4, inside the grid. The negation
-# runs after the global searches, before the per-task ones.
+# Order: (1) every method's global search and the negation, (2) for VARIANT=shared the basis
+# report, (3) the per-task searches (about 1.5 h each), the reference and the best global methods
+# first; the LoRA-native (core-space) TIES / DARE-TIES / breadcrumbs, added 2026-12-06 after the
+# dense global ranking was complete, get global searches on their dense counterparts' grids.
+# Iso-C / Iso-CTS grids: pre-registered as 0.1,0.2,0.4,0.8; both chose 0.8, the grid's top, so
+# 1.2 and 1.6 were added on 2026-12-06; Iso-C then chose 1.6, the top again, so 2.4 and 3.2 were
+# added (still chosen on held-out train examples; logged settings are reused from the search logs,
+# not rescored). Both then chose 2.4, inside the grid.
 KEEP=$("$PY" -c "import json,sys; t=json.load(open(sys.argv[1]))['tasks']; \
 print(','.join(k for k, r in t.items() if (r.get('vs_zero_shot') or {}).get('above_zero_shot')))" "$OUT/collection.json")
 echo "merged (significantly above zero-shot): $KEEP"
-"$PY" "$HERE/merge_report.py" --collection "$OUT" --tasks "$KEEP" \
-  --methods task_arithmetic,ties,dare_ties,tsv,breadcrumbs,iso_c,iso_cts \
-  --per-task task_arithmetic,tsv,breadcrumbs,ties,dare_ties,iso_c,iso_cts \
-  --method-grid iso_c=0.1,0.2,0.4,0.8,1.2,1.6,2.4,3.2 --method-grid iso_cts=0.1,0.2,0.4,0.8,1.2,1.6,2.4,3.2 \
-  --search-limit 100 --negate sst2:ag_news --no-progress
+MERGE=("$HERE/merge_report.py" --collection "$OUT" --tasks "$KEEP"
+  --methods task_arithmetic,ties,dare_ties,tsv,breadcrumbs,iso_c,iso_cts,ties_core,dare_ties_core,breadcrumbs_core
+  --variant ties_core=ties:space=core --variant dare_ties_core=dare_ties:space=core
+  --variant breadcrumbs_core=breadcrumbs:space=core
+  --method-grid iso_c=0.1,0.2,0.4,0.8,1.2,1.6,2.4,3.2 --method-grid iso_cts=0.1,0.2,0.4,0.8,1.2,1.6,2.4,3.2
+  --search-limit 100 --negate sst2:ag_news --no-progress)
+"$PY" "${MERGE[@]}"
+if [ "$VARIANT" = shared ]; then
+  # Bases of the merged vectors, every method at M = 2, 4, 8; lambda of each addition chosen on 100
+  # held-out train examples per task (grid around task arithmetic's held-out choice, 0.4), every
+  # example of every eval split scored; the negation through the M = 4 bases.
+  "$PY" "$HERE/basis_report.py" --collection "$OUT" --tasks "$KEEP" --methods pca,autoencoder,random,random_sample \
+    --ms 2,half,T-1 --grid 0.2,0.3,0.4,0.5,0.6 --search-limit 100 --eval-limit 0 --source-grid none \
+    --negate sst2:ag_news --negate-ms half --no-progress
+fi
+"$PY" "${MERGE[@]}" --per-task task_arithmetic,tsv,breadcrumbs,ties,dare_ties,iso_c,iso_cts
