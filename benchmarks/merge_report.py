@@ -154,6 +154,32 @@ def paired_table(report: dict[str, Any], ref: str = "task_arithmetic") -> list[s
     return rows
 
 
+def variant_table(report: dict[str, Any]) -> list[str]:
+    """Each ``--variant`` row against its own method's row on the same examples (exact McNemar,
+    pooled over all tasks): e.g. TIES on the LoRA cores against dense TIES."""
+    from taskvec.eval.stats import mcnemar
+
+    tasks, methods = report["tasks"], report["methods"]
+    rows = []
+    for name, v in methods.items():
+        ref = v.get("key", {}).get("method")
+        if not v.get("key", {}).get("variant") or ref not in methods or ref == name:
+            continue
+        try:
+            a = [bool(c) for t in tasks for c in v["tasks"][t]["correct"]]
+            b = [bool(c) for t in tasks for c in methods[ref]["tasks"][t]["correct"]]
+        except KeyError:
+            continue
+        t = mcnemar(a, b)
+        rows.append(f"| {name} | {ref} | {sum(a) / len(a):.3f} | {sum(b) / len(b):.3f} | "
+                    f"{100 * (t.a_correct - t.b_correct) / len(a):+.1f} | {t.only_a} / {t.only_b} | "
+                    f"{t.p_value:.2g} | {'yes' if t.significant else 'no'} |")
+    if not rows:
+        return []
+    return ["| variant | against | variant pooled | against pooled | points | discordant | p | significant |",
+            "|---|---|---:|---:|---:|---:|---:|---|", *rows]
+
+
 def markdown(report: dict[str, Any]) -> str:
     """Two tables (absolute, normalized accuracy) and the negation line."""
     tasks = report["tasks"]
@@ -187,6 +213,10 @@ def markdown(report: dict[str, Any]) -> str:
     if paired:
         out += ["", "Methods ranked by pooled accuracy, each against task_arithmetic on the same examples "
                 "(exact McNemar):", "", *paired]
+    variants = variant_table(report)
+    if variants:
+        out += ["", "Each variant against its own method on the same examples (exact McNemar, pooled):", "",
+                *variants]
     neg = report.get("negation")
     if neg:
         out += ["", f"Negation of {neg['target']} (control {neg['control']}, rule: control >= "

@@ -127,7 +127,14 @@ def test_merge_report_on_tiny_collection(collection, capsys):
     assert core["key"]["method"] == "ties" and core["key"]["params"] == {"space": "core"}
     assert core["key"]["variant"] == "ties_core" and "variant" not in rep["methods"]["ties"]["key"]
     assert (collection / "merge_report" / "ties_core.search.jsonl").exists()
-    assert "ties: cached" in capsys.readouterr().err
+    cap = capsys.readouterr()
+    assert "ties: cached" in cap.err
+    line = next(ln for ln in cap.out.splitlines() if ln.startswith("| ties_core | ties |"))
+    pooled = {m: [c for t in rep["tasks"] for c in rep["methods"][m]["tasks"][t]["correct"]] for m in ("ties", "ties_core")}
+    from taskvec.eval.stats import mcnemar
+
+    t = mcnemar(pooled["ties_core"], pooled["ties"])
+    assert f"| {t.only_a} / {t.only_b} | {t.p_value:.2g} |" in line
     with pytest.raises(SystemExit, match="NAME=METHOD"):
         mr.main([*argv, "--variant", "=ties"])
     with pytest.raises(SystemExit, match="is not KEY=VALUE"):
