@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,8 +85,8 @@ def negation_eval(model: Any, tok: Any, vector: Any, coll: dict[str, Any], args:
     return res.to_dict()
 
 
-def denominators_for(model: Any, tok: Any, tasks: list[Any], coll: dict[str, Any], cdir: Path, cache: Path,
-                     args: argparse.Namespace, progress: bool) -> dict[str, float]:
+def denominators_for(model_tok: Callable[[], tuple[Any, Any]], tasks: list[Any], coll: dict[str, Any], cdir: Path,
+                     cache: Path, args: argparse.Namespace, progress: bool) -> dict[str, float]:
     """Individual fine-tuned accuracies on the first ``--eval-limit`` examples (re-measured if needed)."""
     from taskvec.eval import evaluate
     from taskvec.weights import TaskVector
@@ -98,6 +99,9 @@ def denominators_for(model: Any, tok: Any, tasks: list[Any], coll: dict[str, Any
     old = read_json(path)
     if old and old.get("key") == key:
         return old["finetuned"]
+    if args.report_only:
+        raise SystemExit("basis_report: --report-only: nothing cached for these settings yet (run without it)")
+    model, tok = model_tok()
     out = {}
     for t in tasks:
         vec = TaskVector.load(cdir / coll["tasks"][t.name]["vector"])
@@ -249,7 +253,19 @@ def markdown(report: dict[str, Any]) -> str:
                 continue
             lines.append(f"| {name} | {m} | {n['chosen']} | {_acc(n['base_target'])} -> {_acc(n['target_at_c'])} | "
                          f"{_acc(n['base_control'])} -> {_acc(n['control_at_c'])} |")
+    if report.get("pending"):
+        lines = [f"(partial: {len(report['rows'])} of {len(report['rows']) + len(report['pending'])} bases so far; "
+                 f"to run: {', '.join(report['pending'])})", ""] + lines
     return "\n".join(lines) + "\n"
+
+
+def write_report(cache: Path, report: dict[str, Any]) -> str:
+    """``basis_report.json`` and ``.md`` in ``cache`` (``partial: true`` while bases are pending)."""
+    report["partial"] = bool(report.get("pending"))
+    write_json(cache / "basis_report.json", report)
+    md = markdown(report)
+    (cache / "basis_report.md").write_text(md, encoding="utf-8")
+    return md
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--keep-bases", action="store_true")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--report-only", action="store_true",
+                   help="no model: write the report from the cached results of these settings (partial while some "
+                        "bases are still to run), e.g. to refresh the docs while a run goes on")
     args = p.parse_args(argv)
     if args.eval_limit < 0:
         raise SystemExit("basis_report: --eval-limit must be >= 0 (0: every example of each eval split)")
@@ -305,50 +324,61 @@ def main(argv: list[str] | None = None) -> int:
     try:
         tasks = [get_task(t) for t in names]
         files = [cdir / coll["tasks"][t]["vector"] for t in names]
-        model, tok = load_model(coll["model"])
-        denominators = denominators_for(model, tok, tasks, coll, cdir, cache, args, progress)
+        loaded: list[Any] = []
+
+        def model_tok() -> tuple[Any, Any]:  # loaded on first use: a cached or --report-only run needs none
+            if not loaded:
+                loaded.extend(load_model(coll["model"]))
+            return loaded[0], loaded[1]
+
+        denominators = denominators_for(model_tok, tasks, coll, cdir, cache, args, progress)
         report: dict[str, Any] = {"model": coll["model"], "tasks": names, "settings": settings,
-                                  "denominators": denominators, "rows": []}
+                                  "denominators": denominators, "rows": [], "pending": []}
         full_path = cache / "full.json"
         old = read_json(full_path)
         if old and old.get("settings") == settings:
             full = old
+        elif args.report_only:
+            raise SystemExit("basis_report: --report-only: the full-collection reference of these settings is not "
+                             f"cached in {cache} yet (run without --report-only)")
         else:
             print("full collection: task arithmetic addition", file=sys.stderr)
             vectors = [TaskVector.load(f) for f in files]
             total = vectors[0]
             for v in vectors[1:]:
                 total = total + v
-            full = addition_eval(model, tok, total, tasks, denominators, coll, args, progress)
+            full = addition_eval(*model_tok(), total, tasks, denominators, coll, args, progress)
             if do_neg:
                 target = args.negate.partition(":")[0]
-                full["negation"] = negation_eval(model, tok, vectors[names.index(target)], coll, args, progress)
+                full["negation"] = negation_eval(*model_tok(), vectors[names.index(target)], coll, args, progress)
             full["settings"] = settings
             write_json(full_path, full)
         report["full"] = full
         report["full_negation"] = full.get("negation")
-        for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
-            for m in ms:
-                path = cache / f"{method}-m{m}.json"
-                key = settings | {"method": method, "M": m, "negate_here": do_neg and m in neg_ms}
-                old = read_json(path)
-                if old and old.get("key") == key:
-                    print(f"{method} M={m}: cached", file=sys.stderr)
-                    report["rows"].append(old)
-                    continue
+        todo = [(method, m) for method in [x.strip() for x in args.methods.split(",") if x.strip()] for m in ms]
+        report["pending"] = [f"{method} M={m}" for method, m in todo]
+        for method, m in todo:
+            path = cache / f"{method}-m{m}.json"
+            key = settings | {"method": method, "M": m, "negate_here": do_neg and m in neg_ms}
+            old = read_json(path)
+            if old and old.get("key") == key:
+                print(f"{method} M={m}: cached", file=sys.stderr)
+                row = old
+            elif args.report_only:
+                continue
+            else:
                 print(f"{method} M={m}: building and evaluating", file=sys.stderr)
-                row = run_one(model, tok, method, m, files, tasks, denominators, coll, cache, args,
+                row = run_one(*model_tok(), method, m, files, tasks, denominators, coll, cache, args,
                               do_neg and m in neg_ms, progress)
                 row["key"] = key
                 write_json(path, row)
-                report["rows"].append(row)
+            report["rows"].append(row)
+            report["pending"].remove(f"{method} M={m}")
+            write_report(cache, report)  # partial until the last basis is in
     except TaskVecError as exc:
         print(f"basis_report: error: {exc}", file=sys.stderr)
         return 2
-    write_json(cache / "basis_report.json", report)
-    md = markdown(report)
-    (cache / "basis_report.md").write_text(md, encoding="utf-8")
-    print(md)
+    print(write_report(cache, report))
     return 0
 
 

@@ -158,7 +158,7 @@ def test_merge_report_paired_table_by_hand():
     assert mr.paired_table(report)[2].startswith("| 1 | ties | 1 (grid top) | 0.875")
 
 
-def test_basis_report_on_tiny_collection(collection, capsys):
+def test_basis_report_on_tiny_collection(collection, capsys, monkeypatch):
     br = importlib.import_module("basis_report")
     assert br.parse_ms("2,half,T-1", 9) == [2, 4, 8]
     rc = br.main(["--collection", str(collection), "--methods", "pca,random_sample", "--ms", "1,T-1",
@@ -178,7 +178,26 @@ def test_basis_report_on_tiny_collection(collection, capsys):
     assert rep["denominators"].keys() == {"sst2", "trec", "cola", "rte"}
     assert not list((collection / "basis_report" / "bases").glob("*.safetensors"))  # deleted after use
     assert "kept of full collection" in capsys.readouterr().out
+    assert rep["partial"] is False and rep["pending"] == []
     assert "eval: first 5 examples of each eval split" in br.markdown(rep)
+    # --report-only: the report from the caches, without a model, partial while a basis is missing
+    same = ["--collection", str(collection), "--methods", "pca,random_sample", "--ms", "1,T-1", "--grid", "0.5,1",
+            "--search-limit", "4", "--eval-limit", "5", "--negate", "sst2:trec", "--negate-grid", "1",
+            "--negate-ms", "all", "--no-progress", "--report-only"]
+    (collection / "basis_report" / "random_sample-m3.json").unlink()
+
+    def no_model(*a, **k):
+        raise AssertionError("--report-only loaded a model")
+
+    monkeypatch.setattr("taskvec.models.load_model", no_model)
+    assert br.main(same) == 0
+    part = json.loads((collection / "basis_report" / "basis_report.json").read_text())
+    assert part["partial"] is True and part["pending"] == ["random_sample M=3"]
+    assert [(r["method"], r["M"]) for r in part["rows"]] == [("pca", 1), ("pca", 3), ("random_sample", 1)]
+    assert part["rows"][0] == rep["rows"][0]  # the cached row, unchanged
+    assert capsys.readouterr().out.startswith("(partial: 3 of 4 bases so far; to run: random_sample M=3)")
+    with pytest.raises(SystemExit, match="--report-only: .*not cached|--report-only: nothing cached"):
+        br.main([("3" if a == "5" else a) for a in same])  # other settings: nothing cached to report
     rep["settings"]["eval_limit"] = None  # --eval-limit 0: whole splits
     assert "eval: every example of each eval split" in br.markdown(rep)
     with pytest.raises(SystemExit, match="eval-limit must be >= 0"):
