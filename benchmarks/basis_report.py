@@ -155,6 +155,11 @@ def _acc(v: float | None) -> str:
     return "-" if v is None else f"{v:.3f}"
 
 
+def _task_cell(r: dict[str, Any]) -> str:
+    """One task's accuracy with its Wilson interval (from its per-example results when kept)."""
+    return _ci(r["correct"]) if r.get("correct") else _acc(r.get("accuracy"))
+
+
 def pooled(result: dict[str, Any], tasks: list[str]) -> list[int]:
     """Per-example correctness over every task's eval examples, in task order (for paired tests)."""
     return [c for t in tasks for c in result["tasks"][t].get("correct", [])]
@@ -230,13 +235,13 @@ def markdown(report: dict[str, Any]) -> str:
     for r in report["rows"]:
         lines.append(f"| {r['method']} | {r['M']} | " + " | ".join(
             "-" if r["rel_error"].get(t) is None else f"{r['rel_error'][t]:.3f}" for t in tasks) + " |")
-    lines += ["", "Per-task addition accuracy (absolute):", "",
+    lines += ["", "Per-task addition accuracy (absolute) [95% Wilson interval]:", "",
               "| method | M | " + " | ".join(tasks) + " |", "|---|---|" + "---|" * len(tasks)]
     lines.append("| full collection | " + str(len(tasks)) + " | "
-                 + " | ".join(_acc(full["tasks"][t]["accuracy"]) for t in tasks) + " |")
+                 + " | ".join(_task_cell(full["tasks"][t]) for t in tasks) + " |")
     for r in report["rows"]:
         lines.append(f"| {r['method']} | {r['M']} | "
-                     + " | ".join(_acc(r["addition"]["tasks"][t]["accuracy"]) for t in tasks) + " |")
+                     + " | ".join(_task_cell(r["addition"]["tasks"][t]) for t in tasks) + " |")
     negs = [r for r in report["rows"] if "negation" in r]
     if negs or report.get("full_negation"):
         target, _, control = s["negate"].partition(":")
@@ -251,8 +256,19 @@ def markdown(report: dict[str, Any]) -> str:
             if "refused" in n:
                 lines.append(f"| {name} | {m} | refused: {n['refused']} | - | - |")
                 continue
-            lines.append(f"| {name} | {m} | {n['chosen']} | {_acc(n['base_target'])} -> {_acc(n['target_at_c'])} | "
-                         f"{_acc(n['base_control'])} -> {_acc(n['control_at_c'])} |")
+            ci = n.get("eval_ci95") or {}
+
+            def cell(task: str, base: float, at_c: float, n: dict = n, ci: dict = ci) -> str:
+                if task not in ci.get("base", {}):
+                    return f"{_acc(base)} -> {_acc(at_c)}"
+                (bl, bh), (nl, nh) = ci["base"][task], ci["negated"][task]
+                pt = n.get("paired", {}).get(task)
+                test = f" (n = {pt['n']}, McNemar p = {pt['p_value']:.2g})" if pt else ""
+                return f"{base:.3f} [{bl:.3f}, {bh:.3f}] -> {at_c:.3f} [{nl:.3f}, {nh:.3f}]{test}"
+
+            lines.append(f"| {name} | {m} | {n['chosen']} | "
+                         f"{cell(target, n['base_target'], n['target_at_c'])} | "
+                         f"{cell(control, n['base_control'], n['control_at_c'])} |")
     if report.get("pending"):
         lines = [f"(partial: {len(report['rows'])} of {len(report['rows']) + len(report['pending'])} bases so far; "
                  f"to run: {', '.join(report['pending'])})", ""] + lines

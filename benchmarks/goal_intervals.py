@@ -71,6 +71,27 @@ def basis_goals() -> Iterator[Goal]:
                lambda c=correct: paired_bootstrap(c, ratio_of_means("basis", "full"), **OPTS))
 
 
+def basis_v2_goals() -> Iterator[Goal]:
+    """Collection v2 bases with M = T/2 (4 of 9): "kept of full collection" (the basis addition's mean
+    normalized accuracy / the full collection's) >= 95%, paired bootstrap over every eval example
+    (the fine-tuned denominators are held fixed: the runs kept their rates only)."""
+    d = RESULTS / "collection-v2-shared" / "basis_report"
+    if not (d / "full.json").exists():
+        return
+    full = json.loads((d / "full.json").read_text())["tasks"]
+    ft = json.loads((d / "basis_report.json").read_text())["denominators"]
+
+    def kept(acc: dict) -> float:
+        return (sum(acc[t]["basis"] / ft[t] for t in acc) / sum(acc[t]["full"] / ft[t] for t in acc))
+
+    for f in sorted(d.glob("*-m4.json")):
+        b = json.loads(f.read_text())
+        correct = {t: {"basis": b["addition"]["tasks"][t]["correct"], "full": full[t]["correct"]} for t in full}
+        yield ("bases, collection v2 shared words (whole eval splits, paired)",
+               f"{b['method']} M = 4: addition keeps >= 95% of the full collection", 0.95,
+               lambda c=correct: paired_bootstrap(c, kept, **OPTS))
+
+
 def design_activation_goals() -> Iterator[Goal]:
     """The six design tasks, 2026-11-22 defaults (rates only): residual diff / FV goals."""
     files = sorted((RESULTS / "fv").glob("*-activations-eval.json"))
@@ -126,6 +147,7 @@ def all_goals() -> Iterator[Goal]:
     if v2.exists():
         yield from merging_goals("collection v2 shared words (whole eval splits; fine-tuned rates only)", v2)
     yield from basis_goals()
+    yield from basis_v2_goals()
     yield from design_activation_goals()
     yield from design_soft_goal()
     for model in ("smollm2-135m", "gemma3-270m"):

@@ -46,6 +46,27 @@ def test_merge_report_block_is_the_committed_report(bench) -> None:
     assert (d / "merge_report.md").read_text(encoding="utf-8").strip() == md.strip()
 
 
+def test_basis_v2_block_is_the_committed_report(bench) -> None:
+    br = bench("basis_report")
+    d = REPO / "benchmarks" / "results" / "collection-v2-shared" / "basis_report"
+    if not (d / "basis_report.json").exists():
+        assert block("basis-v2-shared").strip() == ""
+        return
+    md = br.markdown(json.loads((d / "basis_report.json").read_text()))
+    assert block("basis-v2-shared").strip() == md.strip()
+    assert (d / "basis_report.md").read_text(encoding="utf-8").strip() == md.strip()
+
+
+def test_refresh_replace_block(bench) -> None:
+    rd = bench("refresh_v2_docs")
+    text = "a\n<!-- x:start -->\nold\nlines\n<!-- x:end -->\nb\n"
+    assert rd.replace_block(text, "x", "new\n") == "a\n<!-- x:start -->\nnew\n<!-- x:end -->\nb\n"
+    empty = "<!-- x:start -->\n<!-- x:end -->"
+    assert rd.replace_block(empty, "x", "n") == "<!-- x:start -->\nn\n<!-- x:end -->"
+    with pytest.raises(SystemExit, match="no <!-- y:start/end --> markers"):
+        rd.replace_block(text, "y", "n")
+
+
 def _rows(table: str) -> list[list[str]]:
     return [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()[2:]]
 
