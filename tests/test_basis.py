@@ -219,7 +219,8 @@ def test_random_basis_regenerates_bit_identically(files, tmp_path):
     assert torch.equal(whole, random_rows(7, name, 3, 0, 96))
     assert torch.equal(whole[17:70], random_rows(7, name, 3, 17, 70))  # any slice, any order
     assert not torch.equal(whole, random_rows(8, name, 3, 0, 96))
-    r1, r2 = basis.recover("task0"), load_basis(basis.path).recover("task0")
+    with pytest.warns(ReconstructionWarning, match="barely represented"):  # M = 3 random directions
+        r1, r2 = basis.recover("task0"), load_basis(basis.path).recover("task0")
     assert all(torch.equal(r1[n], r2[n]) for n in SHAPES)
     # Q = R random_mix is orthonormal and the coefficients are the projections Q^T v
     R = torch.cat([random_rows(7, n, 3, 0, torch.Size(s).numel()).double() for n, s in SHAPES.items()])
@@ -243,6 +244,28 @@ def test_random_sample_refuses_to_negate_a_task_it_cannot_reconstruct(files, tmp
     neg = basis.negation(sel[0])
     assert all(torch.equal(neg[n], -tvs[sel[0]].deltas[n]) for n in SHAPES)  # exact
     assert [r["in_basis"] for r in basis.info()["tasks"]] == [i in sel for i in range(5)]
+
+
+def test_barely_represented_task_warns_on_recover_and_negate(files, tmp_path):
+    """Relative error >= 0.9 (from the Grams) -> ReconstructionWarning; a well-kept task: none."""
+    import warnings
+
+    from taskvec.basis.arithmetic import POOR_RECONSTRUCTION, estimated_errors
+
+    tvs, paths = files
+    basis = _build(paths, tmp_path, method="random", m=1, seed=0)
+    errs = estimated_errors(basis)[0]
+    poor = [i for i, e in enumerate(errs) if e >= POOR_RECONSTRUCTION]
+    assert poor, errs  # a 1-dimensional random subspace keeps almost nothing of these vectors
+    with pytest.warns(ReconstructionWarning, match=f"barely represented .* error {errs[poor[0]]:.3g}"):
+        basis.recover(poor[0])
+    with pytest.warns(ReconstructionWarning, match="negated vector is close to zero"):
+        basis.negation(poor[0])
+    full = _build(paths, tmp_path, name="full", method="pca", m=4)  # M = T - 1, centred: exact
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ReconstructionWarning)
+        full.recover(0)
+        full.negation(0)
 
 
 # -- files, per-layer, info ---------------------------------------------------------------------

@@ -95,8 +95,29 @@ def recover(basis: Basis, task: str | int, progress: bool = False) -> TaskVector
             ReconstructionWarning,
             stacklevel=3,
         )
+    else:
+        _warn_if_barely_represented(basis, i, "recovered")
     deltas = _combine(basis, basis.coefficients[:, i, :], 1.0, progress, f"recover {basis.tasks[i]}")
     return _result(basis, deltas, basis.tasks[i])
+
+
+POOR_RECONSTRUCTION = 0.9  # relative L2 error at or above which a task is "barely represented"
+
+
+def _warn_if_barely_represented(basis: Basis, i: int, what: str) -> None:
+    """ReconstructionWarning when task ``i``'s relative error (from the stored Grams) is >= 0.9: its
+    reconstruction is close to zero, so adding or negating it through the basis does little
+    (measured: negating SST-2 through an M = 4 autoencoder basis with error 0.999 left its accuracy
+    unchanged, docs/results.md)."""
+    err = estimated_errors(basis)[0][i]
+    if err is not None and err >= POOR_RECONSTRUCTION:
+        warnings.warn(
+            f'task "{basis.tasks[i]}" is barely represented in this {basis.method} basis (M = {basis.M}, relative '
+            f"reconstruction error {err:.3g}): the {what} vector is close to zero and will change the model "
+            "little; use a basis with a larger --m, or the original vector.",
+            ReconstructionWarning,
+            stacklevel=4,
+        )
 
 
 def negation(basis: Basis, task: str | int, progress: bool = False) -> TaskVector:
@@ -109,6 +130,7 @@ def negation(basis: Basis, task: str | int, progress: bool = False) -> TaskVecto
             f"this {basis.method} basis ({held}), so it cannot be reconstructed; rebuild with a larger "
             "--m or another --method (e.g. pca), or negate the original vector."
         )
+    _warn_if_barely_represented(basis, i, "negated")
     deltas = _combine(basis, -basis.coefficients[:, i, :], -1.0, progress, f"negate {basis.tasks[i]}")
     return _result(basis, deltas, f"-({basis.tasks[i]})")
 
