@@ -24,6 +24,7 @@ evaluated from its adapter. A run directory made with another recipe is deleted 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import sys
@@ -98,6 +99,12 @@ def build_task(model: Any, tok: Any, name: str, out: Path, recipe: dict[str, Any
     ev = {"split": task.eval_split, "limit": eval_limit}
     old = read_json(json_path)
     if old and vec_path.exists() and old.get("recipe") == recipe:
+        if old.get("tensors_sha256") not in (None, tensors_sha256(vec_path)):
+            from taskvec.errors import UserInputError
+
+            raise UserInputError(f"{vec_path} is not the vector {json_path.name} was measured with "
+                                 "(its tensors' sha256 differs): restore the file, or delete both to "
+                                 "rebuild the task.")
         if old.get("eval") == ev:
             log(f"{name}: cached ({vec_path})")
             return old | {"status": "cached"}, model
@@ -110,6 +117,9 @@ def build_task(model: Any, tok: Any, name: str, out: Path, recipe: dict[str, Any
         write_json(json_path, row)
         return row | {"status": "re-evaluated"}, model
 
+    # A committed row whose vector file is gone (a new machine: vectors are rebuilt, not downloaded)
+    # is kept to check that the rebuild reproduces it.
+    previous = old if old and old.get("recipe") == recipe and old.get("eval") == ev else None
     run_dir = out / "runs" / name
     marker = run_dir / "collection_recipe.json"
     if run_dir.exists() and read_json(marker) != recipe:
@@ -158,8 +168,39 @@ def build_task(model: Any, tok: Any, name: str, out: Path, recipe: dict[str, Any
     if ft_recipe.get("early_stopping"):
         es = ft_recipe["early_stopping"]
         row["early_stopping"] = {k: es[k] for k in ("best_step", "best_accuracy", "last_step", "stopped_early")}
+    if previous is not None:
+        row["rebuild"] = compare_rebuild(previous, row)
+        log(f"{name}: rebuilt; " + ("reproduces the previous build" if row["rebuild"]["reproduced"] else
+                                     f"DIFFERS from the previous build in {', '.join(row['rebuild']['differs'])}"))
     write_json(json_path, row)
     return row | {"status": "trained"}, model
+
+
+REPRODUCED_FIELDS = ("n", "finetuned_accuracy", "zero_shot_accuracy", "vs_zero_shot", "early_stopping")
+
+
+def compare_rebuild(previous: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
+    """Whether a rebuilt task gives the previous build's results exactly (accuracies, McNemar
+    counts, early-stopping step and held-out accuracy); the vector's hash is compared when both
+    rows have one."""
+    fields = REPRODUCED_FIELDS + (("tensors_sha256",) if "tensors_sha256" in previous else ())
+    differs = [f for f in fields if previous.get(f) != row.get(f)]
+    return {"reproduced": not differs, "differs": differs,
+            "previous": {f: previous.get(f) for f in differs},
+            "previous_train_seconds": previous.get("train_seconds")}
+
+
+def tensors_sha256(path: Path) -> str:
+    """SHA-256 of a safetensors file's tensors (names, dtypes, shapes, bytes), not of its metadata
+    (which records the training time): equal for two bit-identical vectors."""
+    import torch
+    from safetensors.torch import load_file
+
+    h = hashlib.sha256()
+    for name, t in sorted(load_file(str(path)).items()):
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def _row(task: Any, zs: Any, ft: Any, train_seconds: float | None, recipe: dict[str, Any],
@@ -175,7 +216,8 @@ def _row(task: Any, zs: Any, ft: Any, train_seconds: float | None, recipe: dict[
             "vs_zero_shot": {"only_finetuned": t.only_a, "only_zero_shot": t.only_b, "p_value": t.p_value,
                              "above_zero_shot": t.significant and ft.accuracy > zs.accuracy},
             "train_seconds": train_seconds, "recipe": recipe, "eval": ev,
-            "vector": vec_path.name, "eval_seconds": round(zs.seconds + ft.seconds, 3)}
+            "vector": vec_path.name, "tensors_sha256": tensors_sha256(vec_path),
+            "eval_seconds": round(zs.seconds + ft.seconds, 3)}
 
 
 def build(model: Any, tok: Any, tasks: list[str], out: Path, recipe: dict[str, Any], eval_limit: int | None,
@@ -194,7 +236,8 @@ def build(model: Any, tok: Any, tasks: list[str], out: Path, recipe: dict[str, A
         "eval_limit": eval_limit, "holdout": {"n": recipe["holdout"], "seed": recipe["holdout_seed"]},
         "tasks": {k: {f: r.get(f) for f in ("split", "n", "finetuned_accuracy", "zero_shot_accuracy",
                                              "finetuned_ci95", "zero_shot_ci95", "vs_zero_shot", "early_stopping",
-                                             "train_seconds", "vector", "status", "seconds_this_run")}
+                                             "train_seconds", "vector", "tensors_sha256", "rebuild", "status",
+                                             "seconds_this_run")}
                   for k, r in rows.items()},
         "train_seconds_total": round(sum(r.get("train_seconds") or 0.0 for r in rows.values()), 1),
         "seconds_this_run": round(time.perf_counter() - t0, 1),

@@ -15,10 +15,16 @@
 # Resumable per task and per step (build_collection.py caches finished tasks and resumes the
 # fine-tuning run from its checkpoints; merge_report.py caches each method). Run one job at a
 # time. Usage: [VARIANT=shared|own] [MODEL=smollm2-135m] bash benchmarks/collection_v2.sh [OUT]
+# (OUT defaults to benchmarks/results/collection-v2-$VARIANT).
 set -euo pipefail
 VARIANT=${VARIANT:-shared}
 MODEL=${MODEL:-smollm2-135m}
-OUT=${1:-runs/collection-v2-$VARIANT}
+# The run directory is the committed results directory: on a new machine (the work tree laid anew)
+# the finished tasks' rows, vectors (LoRA factors, 9.8 MB each) and report caches are there, so
+# the run resumes where the last commit left it. Only the fine-tuning checkpoints (<OUT>/runs/)
+# are ignored by git. A row whose vector file is missing is retrained and compared with the
+# committed row (build_collection.py: "rebuild").
+OUT=${1:-$(dirname "$0")/results/collection-v2-$VARIANT}
 HERE=$(cd "$(dirname "$0")" && pwd)
 if [ -z "${PYTHON:-}" ] && [ -x "$HERE/../.venv/bin/python" ]; then PYTHON="$HERE/../.venv/bin/python"; fi
 PY=${PYTHON:-python}
@@ -30,6 +36,13 @@ fi
 "$PY" "$HERE/build_collection.py" --out "$OUT" --model "$MODEL" --tasks "$TASKS" --steps 1500 \
   --batch-size 16 --lr 5e-4 --warmup-steps 10 --schedule constant --holdout 200 --eval-limit 0 \
   --eval-every 50 --patience 4 --no-progress
+# A vector rebuilt on a new machine must reproduce its committed row (accuracies, McNemar counts,
+# early-stopping step): the report caches below were made with the committed vectors.
+"$PY" -c "import json,sys; t=json.load(open(sys.argv[1]))['tasks']; \
+bad=[k for k, r in t.items() if (r.get('rebuild') or {}).get('reproduced') is False]; \
+sys.exit(f'collection_v2: rebuilt vectors {bad} differ from their committed rows (see their rebuild field): '\
+'the report caches were made with the old vectors; move merge_report/ and basis_report/ aside to redo them' if bad else 0)" \
+  "$OUT/collection.json"
 # Only vectors significantly above zero-shot (exact McNemar, p < 0.05) are merged; the others
 # keep their row in collection.json and are named here.
 # Order: (1) every method's global search and the negation, (2) for VARIANT=shared the basis

@@ -1,7 +1,10 @@
 """Refresh the collection v2 (shared words) blocks of docs/results.md from a run's caches.
 
-Usage: python benchmarks/refresh_v2_docs.py [--collection runs/collection-v2-shared]
+Usage: python benchmarks/refresh_v2_docs.py [--collection benchmarks/results/collection-v2-shared]
        [--results benchmarks/results/collection-v2-shared] [--doc docs/results.md]
+
+Since 2026-12-06 the run directory *is* the committed results directory (collection_v2.sh's
+default), so the copies below are skipped; a run elsewhere (``--collection runs/...``) is copied.
 
 While `benchmarks/collection_v2.sh` runs (hours), this copies what has finished into the
 committed results and regenerates the pasted blocks, so every number in the docs comes from a
@@ -48,6 +51,8 @@ def copy_files(src: Path, dst: Path, patterns: tuple[str, ...]) -> int:
     n = 0
     for pat in patterns:
         for f in sorted(src.glob(pat)):
+            if (dst / f.name).exists() and (dst / f.name).samefile(f):
+                continue  # the run directory is the results directory
             shutil.copy2(f, dst / f.name)
             n += 1
     return n
@@ -88,7 +93,7 @@ def goals_block() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--collection", default="runs/collection-v2-shared")
+    p.add_argument("--collection", default=str(HERE / "results" / "collection-v2-shared"))
     p.add_argument("--results", default=str(HERE / "results" / "collection-v2-shared"))
     p.add_argument("--doc", default=str(HERE.parent / "docs" / "results.md"))
     args = p.parse_args(argv)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import importlib
 import json
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from conftest import run_cli as run
 from taskvec.errors import UserInputError
@@ -328,6 +330,44 @@ def test_build_collection_caches_by_recipe(bc, tmp_path, monkeypatch):
     assert calls == [2, 3] and s5["tasks"]["rte"]["status"] == "trained"
     for k, v in model.state_dict().items():
         assert torch.equal(v, base[k]), k
+    row = json.loads((tmp_path / "rte.json").read_text())
+    tensors = load_file(str(tmp_path / "rte.safetensors"))
+    assert row["tensors_sha256"] == bc.tensors_sha256(tmp_path / "rte.safetensors")
+    tensors["extra"] = torch.zeros(1)  # the hash covers every tensor
+    save_file(tensors, str(tmp_path / "other.safetensors"))
+    assert bc.tensors_sha256(tmp_path / "other.safetensors") != row["tensors_sha256"]
+
+
+def test_build_collection_rebuild_checks_the_committed_row(bc, tmp_path):
+    """A new machine: the committed row is there, the vector and checkpoints are not; the rebuild
+    is compared with the row, and a vector file that is not the measured one is refused."""
+    model, tok = tiny_model("llama", seed=0)
+    recipe = bc.make_recipe("tiny", steps=2, batch_size=2, lora_r=2, lora_alpha=4, holdout=20, max_length=48)
+    fp = fingerprint(model)
+    quiet = dict(progress=False, log=lambda s: None)
+    first = bc.build(model, tok, ["rte"], tmp_path, recipe, 4, fp, **quiet)["tasks"]["rte"]
+    sha = first["tensors_sha256"]
+    (tmp_path / "rte.safetensors").unlink()
+    shutil.rmtree(tmp_path / "runs")
+    again = bc.build(model, tok, ["rte"], tmp_path, recipe, 4, fp, **quiet)["tasks"]["rte"]
+    assert again["status"] == "trained" and again["tensors_sha256"] == sha  # same machine: bitwise
+    assert again["rebuild"] == {"reproduced": True, "differs": [], "previous": {},
+                                "previous_train_seconds": first["train_seconds"]}
+
+    row = json.loads((tmp_path / "rte.json").read_text())
+    row["finetuned_accuracy"] = 2.0  # a previous build that scored otherwise
+    (tmp_path / "rte.json").write_text(json.dumps(row))
+    (tmp_path / "rte.safetensors").unlink()
+    shutil.rmtree(tmp_path / "runs")
+    third = bc.build(model, tok, ["rte"], tmp_path, recipe, 4, fp, **quiet)["tasks"]["rte"]
+    assert third["rebuild"]["reproduced"] is False and third["rebuild"]["differs"] == ["finetuned_accuracy"]
+    assert third["rebuild"]["previous"] == {"finetuned_accuracy": 2.0}
+
+    data = bytearray((tmp_path / "rte.safetensors").read_bytes())
+    data[-1] ^= 1  # another vector under the same name
+    (tmp_path / "rte.safetensors").write_bytes(bytes(data))
+    with pytest.raises(UserInputError, match="sha256 differs"):
+        bc.build(model, tok, ["rte"], tmp_path, recipe, 4, fp, **quiet)
 
 
 # -- CLI -------------------------------------------------------------------------------------

@@ -86,3 +86,18 @@ def test_goals_block_matches_goal_intervals(bench, capsys) -> None:
         # the interval: the same seeded draws; a tolerance in case another numpy draws differently
         assert _num(d[3]) == pytest.approx(_num(f[3]), abs=0.3), d[1]
         assert d[4] == f[4], d[1]
+
+
+def test_refresh_in_place_regenerates_the_same_doc(bench, tmp_path) -> None:
+    """The run directory is the results directory (collection_v2.sh's default): the copies are
+    skipped and the regenerated doc equals the committed one."""
+    import shutil
+
+    rd = bench("refresh_v2_docs")
+    res = tmp_path / "collection-v2-shared"
+    shutil.copytree(REPO / "benchmarks" / "results" / "collection-v2-shared", res,
+                    ignore=shutil.ignore_patterns("runs", "*.safetensors"))
+    doc = tmp_path / "results.md"
+    shutil.copy2(RESULTS_MD, doc)
+    assert rd.main(["--collection", str(res), "--results", str(res), "--doc", str(doc)]) == 0
+    assert doc.read_text(encoding="utf-8") == RESULTS_MD.read_text(encoding="utf-8")
