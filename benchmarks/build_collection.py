@@ -169,7 +169,9 @@ def build_task(model: Any, tok: Any, name: str, out: Path, recipe: dict[str, Any
         es = ft_recipe["early_stopping"]
         row["early_stopping"] = {k: es[k] for k in ("best_step", "best_accuracy", "last_step", "stopped_early")}
     if previous is not None:
-        row["rebuild"] = compare_rebuild(previous, row)
+        row["rebuild"] = compare_rebuild(previous, row)  # with this run's times
+        if row["rebuild"]["reproduced"]:  # the same results: the row keeps the times it reported
+            row |= {k: previous.get(k) for k in ("train_seconds", "eval_seconds")}
         log(f"{name}: rebuilt; " + ("reproduces the previous build" if row["rebuild"]["reproduced"] else
                                      f"DIFFERS from the previous build in {', '.join(row['rebuild']['differs'])}"))
     write_json(json_path, row)
@@ -187,7 +189,7 @@ def compare_rebuild(previous: dict[str, Any], row: dict[str, Any]) -> dict[str, 
     differs = [f for f in fields if previous.get(f) != row.get(f)]
     return {"reproduced": not differs, "differs": differs,
             "previous": {f: previous.get(f) for f in differs},
-            "previous_train_seconds": previous.get("train_seconds")}
+            "train_seconds": row.get("train_seconds"), "eval_seconds": row.get("eval_seconds")}
 
 
 def tensors_sha256(path: Path) -> str:
