@@ -146,6 +146,9 @@ def all_goals() -> Iterator[Goal]:
     v2 = RESULTS / "collection-v2-shared" / "merge_report.json"
     if v2.exists():
         yield from merging_goals("collection v2 shared words (whole eval splits; fine-tuned rates only)", v2)
+    own = RESULTS / "collection-v2-own" / "merge_report.json"
+    if own.exists():
+        yield from merging_goals("collection v2 own words (whole eval splits; fine-tuned rates only)", own)
     yield from basis_goals()
     yield from basis_v2_goals()
     yield from design_activation_goals()

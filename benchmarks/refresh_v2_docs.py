@@ -1,4 +1,4 @@
-"""Refresh the collection v2 (shared words) blocks of docs/results.md from a run's caches.
+"""Refresh the collection v2 blocks (shared and own words) of docs/results.md from a run's caches.
 
 Usage: python benchmarks/refresh_v2_docs.py [--collection benchmarks/results/collection-v2-shared]
        [--results benchmarks/results/collection-v2-shared] [--doc docs/results.md]
@@ -18,6 +18,9 @@ committed file:
    basis; ``basis_report.py --report-only`` rewrites them from the caches) are copied to
    ``<results>/basis_report/``. Block ``basis-v2-shared``.
 3. goals: ``goal_intervals.py``'s table. Block ``goals``.
+4. own-words variant (``--own``, default ``benchmarks/results/collection-v2-own``), when its
+   ``merge_report.json`` exists: its merge report (block ``merge-v2-own``, as in 1.) and the paired
+   comparison of the two variants (``variant_compare.py``, block ``variants-v2``).
 
 No model is loaded; seconds. ``tests/test_results_docs.py`` checks the blocks against the files.
 """
@@ -81,6 +84,15 @@ def basis_block(collection: Path, results: Path) -> str | None:
     return (cache / "basis_report.md").read_text(encoding="utf-8")
 
 
+def variants_block(shared: Path, own: Path) -> str:
+    sys.path.insert(0, str(HERE))
+    import variant_compare
+
+    return variant_compare.markdown(variant_compare.compare(
+        json.loads((shared / "merge_report.json").read_text(encoding="utf-8")),
+        json.loads((own / "merge_report.json").read_text(encoding="utf-8"))))
+
+
 def goals_block() -> str:
     sys.path.insert(0, str(HERE))
     import goal_intervals
@@ -95,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--collection", default=str(HERE / "results" / "collection-v2-shared"))
     p.add_argument("--results", default=str(HERE / "results" / "collection-v2-shared"))
+    p.add_argument("--own", default=str(HERE / "results" / "collection-v2-own"),
+                   help="the own-words variant's run directory (its committed results directory)")
     p.add_argument("--doc", default=str(HERE.parent / "docs" / "results.md"))
     args = p.parse_args(argv)
     collection, results, doc = Path(args.collection), Path(args.results), Path(args.doc)
@@ -105,11 +119,17 @@ def main(argv: list[str] | None = None) -> int:
     basis = basis_block(collection, results)
     if basis is not None:
         text = replace_block(text, "basis-v2-shared", basis)
+    own = Path(args.own)
+    if (own / "merge_report.json").exists():
+        text = replace_block(text, "merge-v2-own", merge_block(own, own))
+        text = replace_block(text, "variants-v2", variants_block(results, own))
     text = replace_block(text, "goals", goals_block())  # after the copies: the goals read the results
     tmp = doc.with_suffix(".tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(doc)
-    print(f"refreshed {doc}: merge report, {'basis report, ' if basis else ''}goals", file=sys.stderr)
+    print(f"refreshed {doc}: merge report, {'basis report, ' if basis else ''}"
+          f"{'own-words merge report and variant comparison, ' if (own / 'merge_report.json').exists() else ''}goals",
+          file=sys.stderr)
     return 0
 
 

@@ -35,15 +35,52 @@ def bench(monkeypatch):
     return load
 
 
-def test_merge_report_block_is_the_committed_report(bench) -> None:
+@pytest.mark.parametrize("variant", ["shared", "own"])
+def test_merge_report_block_is_the_committed_report(bench, variant) -> None:
     mr = bench("merge_report")
-    d = REPO / "benchmarks" / "results" / "collection-v2-shared"
+    d = REPO / "benchmarks" / "results" / f"collection-v2-{variant}"
     report = json.loads((d / "merge_report.json").read_text())
     md = mr.markdown(report)
     if report.get("partial"):
         md = "(partial: the methods finished so far)\n\n" + md
-    assert block("merge-v2-shared").strip() == md.strip()
+    assert block(f"merge-v2-{variant}").strip() == md.strip()
     assert (d / "merge_report.md").read_text(encoding="utf-8").strip() == md.strip()
+
+
+def test_variants_block_is_the_comparison_of_the_committed_reports(bench) -> None:
+    vc = bench("variant_compare")
+    d = REPO / "benchmarks" / "results"
+    res = vc.compare(json.loads((d / "collection-v2-shared" / "merge_report.json").read_text()),
+                     json.loads((d / "collection-v2-own" / "merge_report.json").read_text()))
+    assert block("variants-v2").strip() == vc.markdown(res).strip()
+
+
+def _report(tasks: list[str], correct: dict[str, list[int]], lam: float = 0.4) -> dict:
+    return {"tasks": tasks,
+            "collection_summary": {t: {"finetuned_accuracy": 0.5} for t in tasks},
+            "methods": {"task_arithmetic": {"lambda": lam, "mean_normalized": 1.0,
+                                            "tasks": {t: {"correct": correct[t]} for t in tasks}}}}
+
+
+def test_variant_compare_pairs_renamed_tasks_by_their_base_name(bench) -> None:
+    vc = bench("variant_compare")
+    shared = _report(["a", "b"], {"a": [1, 1, 0, 0], "b": [1, 0, 1, 0]})
+    own = _report(["a-own-words", "b"], {"a-own-words": [1, 0, 1, 1], "b": [1, 0, 1, 0]}, lam=0.5)
+    res = vc.compare(shared, own, n_boot=200)
+    assert res["renamed"] == ["a"]
+    (row,) = res["rows"]
+    # task a: own right alone on examples 2, 3; shared right alone on example 1
+    assert (row["per_task"]["a"]["only_a"], row["per_task"]["a"]["only_b"]) == (2, 1)
+    assert row["per_task"]["b"]["only_a"] + row["per_task"]["b"]["only_b"] == 0
+    assert (row["pooled"]["only_a"], row["pooled"]["only_b"], row["pooled"]["n"]) == (2, 1, 8)
+    assert row["renamed_tasks"]["n"] == 4
+    # mean over tasks of (own - shared) / 0.5: task a (0.75 - 0.5) / 0.5 = 0.5, task b 0 -> 0.25
+    assert row["normalized_difference"]["estimate"] == pytest.approx(0.25)
+    assert row["lambda"] == {"shared": 0.4, "own": 0.5}
+    with pytest.raises(SystemExit, match="different tasks"):
+        vc.compare(shared, _report(["a", "c"], {"a": [1], "c": [1]}))
+    with pytest.raises(SystemExit, match="same examples"):
+        vc.compare(shared, _report(["a", "b"], {"a": [1], "b": [1, 0, 1, 0]}))
 
 
 def test_basis_v2_block_is_the_committed_report(bench) -> None:
@@ -94,10 +131,10 @@ def test_refresh_in_place_regenerates_the_same_doc(bench, tmp_path) -> None:
     import shutil
 
     rd = bench("refresh_v2_docs")
-    res = tmp_path / "collection-v2-shared"
-    shutil.copytree(REPO / "benchmarks" / "results" / "collection-v2-shared", res,
-                    ignore=shutil.ignore_patterns("runs", "*.safetensors"))
+    res, own = tmp_path / "collection-v2-shared", tmp_path / "collection-v2-own"
+    for d in (res, own):
+        shutil.copytree(REPO / "benchmarks" / "results" / d.name, d, ignore=shutil.ignore_patterns("runs", "*.safetensors"))
     doc = tmp_path / "results.md"
     shutil.copy2(RESULTS_MD, doc)
-    assert rd.main(["--collection", str(res), "--results", str(res), "--doc", str(doc)]) == 0
+    assert rd.main(["--collection", str(res), "--results", str(res), "--own", str(own), "--doc", str(doc)]) == 0
     assert doc.read_text(encoding="utf-8") == RESULTS_MD.read_text(encoding="utf-8")
