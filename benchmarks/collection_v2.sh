@@ -54,7 +54,10 @@ sys.exit(f'collection_v2: rebuilt vectors {bad} differ from their committed rows
 # added (still chosen on held-out train examples; logged settings are reused from the search logs,
 # not rescored). Both then chose 2.4, inside the grid. breadcrumbs_core chose 1.0, the top of
 # its dense counterpart's grid 0.1:1.0:0.1, with the held-out accuracy still rising, so on
-# 2026-12-06 1.2, 1.6, 2.4 and 3.2 were added the same way.
+# 2026-12-06 1.2, 1.6, 2.4 and 3.2 were added the same way. TSV (own-words variant) chose 1.0, the
+# top of 0.1:1.0:0.1, with the held-out mean still rising (0.770 at 0.9, 0.778 at 1.0), so on
+# 2026-12-07 the same four values were added to TSV's grid, for both variants (the shared
+# variant's TSV had chosen 0.9, inside the grid; its row is redone with this grid when it runs).
 KEEP=$("$PY" -c "import json,sys; t=json.load(open(sys.argv[1]))['tasks']; \
 print(','.join(k for k, r in t.items() if (r.get('vs_zero_shot') or {}).get('above_zero_shot')))" "$OUT/collection.json")
 echo "merged (significantly above zero-shot): $KEEP"
@@ -63,6 +66,7 @@ MERGE=("$HERE/merge_report.py" --collection "$OUT" --tasks "$KEEP"
   --variant ties_core=ties:space=core --variant dare_ties_core=dare_ties:space=core
   --variant breadcrumbs_core=breadcrumbs:space=core
   --method-grid iso_c=0.1,0.2,0.4,0.8,1.2,1.6,2.4,3.2 --method-grid iso_cts=0.1,0.2,0.4,0.8,1.2,1.6,2.4,3.2
+  --method-grid tsv=0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0,1.2,1.6,2.4,3.2
   --method-grid breadcrumbs_core=0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0,1.2,1.6,2.4,3.2
   --search-limit 100 --negate sst2:ag_news --no-progress)
 "$PY" "${MERGE[@]}"
