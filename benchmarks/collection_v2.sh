@@ -62,6 +62,9 @@ sys.exit(f'collection_v2: rebuilt vectors {bad} differ from their committed rows
 # with the held-out mean still rising (0.728 at 1.75, 0.752 at 2.0), so on 2026-12-07 2.5, 3.0 and
 # 4.0 were added, for both variants (the shared variant's ties_core had chosen 1.75, inside the
 # grid; its row is redone with this grid when the shared report reruns).
+# breadcrumbs_core (own-words variant) chose 3.2, the top of its extended grid, with the held-out
+# mean still rising (0.606 at 2.4, 0.616 at 3.2), so on 2026-12-07 4.8 and 6.4 were added, for
+# both variants (the shared variant's had chosen 1.6, inside the grid; redone when it reruns).
 KEEP=$("$PY" -c "import json,sys; t=json.load(open(sys.argv[1]))['tasks']; \
 print(','.join(k for k, r in t.items() if (r.get('vs_zero_shot') or {}).get('above_zero_shot')))" "$OUT/collection.json")
 echo "merged (significantly above zero-shot): $KEEP"
@@ -71,7 +74,7 @@ MERGE=("$HERE/merge_report.py" --collection "$OUT" --tasks "$KEEP"
   --variant breadcrumbs_core=breadcrumbs:space=core
   --method-grid iso_c=0.1,0.2,0.4,0.8,1.2,1.6,2.4,3.2 --method-grid iso_cts=0.1,0.2,0.4,0.8,1.2,1.6,2.4,3.2
   --method-grid tsv=0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0,1.2,1.6,2.4,3.2
-  --method-grid breadcrumbs_core=0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0,1.2,1.6,2.4,3.2
+  --method-grid breadcrumbs_core=0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0,1.2,1.6,2.4,3.2,4.8,6.4
   --method-grid ties_core=0.5,0.75,1.0,1.25,1.5,1.75,2.0,2.5,3.0,4.0
   --search-limit 100 --negate sst2:ag_news --no-progress)
 "$PY" "${MERGE[@]}"
