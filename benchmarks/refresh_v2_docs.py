@@ -93,6 +93,14 @@ def variants_block(shared: Path, own: Path) -> str:
         json.loads((own / "merge_report.json").read_text(encoding="utf-8"))))
 
 
+def classes_block(shared: Path, own: Path) -> str:
+    sys.path.insert(0, str(HERE))
+    import variant_compare as vc
+
+    reports = [json.loads((d / "merge_report.json").read_text(encoding="utf-8")) for d in (shared, own)]
+    return vc.per_class_markdown(vc.per_class(*reports, vc.gold_classes(reports[0], vc.same_tasks(*reports))))
+
+
 def goals_block() -> str:
     sys.path.insert(0, str(HERE))
     import goal_intervals
@@ -123,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     if (own / "merge_report.json").exists():
         text = replace_block(text, "merge-v2-own", merge_block(own, own))
         text = replace_block(text, "variants-v2", variants_block(results, own))
+        text = replace_block(text, "variants-v2-classes", classes_block(results, own))
     text = replace_block(text, "goals", goals_block())  # after the copies: the goals read the results
     tmp = doc.with_suffix(".tmp")
     tmp.write_text(text, encoding="utf-8")

@@ -15,11 +15,13 @@ compared example by example:
 - mean normalized accuracy (merged / that variant's individual fine-tuned accuracy, per task),
   own minus shared, with a paired bootstrap interval over the examples. The fine-tuned
   accuracies are held fixed (the rows keep rates only), so the interval covers the merged
-  models' sampling only.
+  models' sampling only;
+- per class, for the tasks that are the same in both variants (``--per-class``; reads the
+  packaged task data for the gold labels): which classes the other vectors' answer words move.
 
 Normalized accuracy is the measure of interference between the merged vectors; the accuracies
 also differ because the individual vectors differ (e.g. QNLI own words 0.767 vs shared 0.824).
-Reads the committed reports only; seconds, no model loaded.
+Reads the committed reports (and, for ``--per-class``, the packaged data); seconds, no model loaded.
 """
 
 from __future__ import annotations
@@ -89,6 +91,76 @@ def compare(shared: dict[str, Any], own: dict[str, Any], n_boot: int = 10_000) -
     return {"tasks": tasks, "renamed": renamed, "finetuned": ft, "rows": rows}
 
 
+def same_tasks(shared: dict[str, Any], own: dict[str, Any]) -> list[str]:
+    """The tasks under the same name in both reports (same data, answer words and vector)."""
+    return [t for t in shared["tasks"] if t in own["tasks"]]
+
+
+def gold_classes(report: dict[str, Any], tasks: list[str]) -> dict[str, list[str]]:
+    """Each listed task's gold answer word per eval example, in the order the report scored them.
+
+    Reads the packaged task data (no model); the split is the one the report's first method names.
+    """
+    from taskvec.tasks import get_task
+
+    first = next(iter(report["methods"].values()))
+    out = {}
+    for name in tasks:
+        task, rec = get_task(name), first["tasks"][name]
+        examples = task.load(rec["split"])
+        if len(examples) != rec["n"]:
+            raise SystemExit(f"variant_compare: {name} {rec['split']} has {len(examples)} examples, the report "
+                             f"scored {rec['n']}; per-class rows need whole-split reports")
+        out[name] = [task.answer(ex) for ex in examples]
+    return out
+
+
+def per_class(shared: dict[str, Any], own: dict[str, Any], classes: dict[str, list[str]]) -> dict[str, Any]:
+    """Per-class accuracy own vs shared (exact McNemar) for tasks scored identically in both variants.
+
+    ``classes`` maps each task (present under the same name in both reports: same data, same
+    answer words, same vector) to its gold answer word per example.
+    """
+    out: dict[str, Any] = {}
+    for task, gold in classes.items():
+        rows = []
+        for name, s in shared["methods"].items():
+            o = own["methods"].get(name)
+            if o is None:
+                continue
+            a, b = _correct(o, task), _correct(s, task)
+            if not len(a) == len(b) == len(gold):
+                raise SystemExit(f"variant_compare: {name} {task}: {len(a)} / {len(b)} results for "
+                                 f"{len(gold)} examples")
+            cells = {}
+            for c in sorted(set(gold)):
+                idx = [i for i, g in enumerate(gold) if g == c]
+                cells[c] = mcnemar([a[i] for i in idx], [b[i] for i in idx]).to_dict()
+            rows.append({"method": name, "classes": cells})
+        out[task] = rows
+    return out
+
+
+def per_class_markdown(res: dict[str, Any]) -> str:
+    """One table per task: per-class accuracy shared -> own, points and exact McNemar p."""
+    out = ["Per class (gold answer word; accuracy with shared -> own words, points, exact McNemar p; "
+           "n per class in the header). These tasks have the same data, answer words and vector file in "
+           "both variants, so any difference comes from the other vectors in the merge.", ""]
+    for task, rows in res.items():
+        if not rows:
+            continue
+        names = list(rows[0]["classes"])
+        out += [f"{task}:", "", "| method | " + " | ".join(
+            f"{c.strip()} (n = {rows[0]['classes'][c]['n']})" for c in names) + " |",
+            "|---|" + "---|" * len(names)]
+        for r in rows:
+            out.append(f"| {r['method']} | " + " | ".join(
+                f"{t['b_correct'] / t['n']:.2f} -> {t['a_correct'] / t['n']:.2f} ({_pts(t)}, p = {t['p_value']:.2g})"
+                for t in r["classes"].values()) + " |")
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"
+
+
 def _pts(t: dict[str, Any]) -> str:
     return f"{100 * (t['a_correct'] - t['b_correct']) / t['n']:+.1f}"
 
@@ -130,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--own", default=str(RESULTS / "collection-v2-own"))
     p.add_argument("--json", action="store_true", help="the comparison as JSON instead of markdown")
     p.add_argument("--n-boot", type=int, default=10_000)
+    p.add_argument("--per-class", action="store_true",
+                   help="per-class accuracy of the tasks that are the same in both variants, instead")
     args = p.parse_args(argv)
     reports = {}
     for k in ("shared", "own"):
@@ -137,6 +211,11 @@ def main(argv: list[str] | None = None) -> int:
         if not f.exists():
             raise SystemExit(f"variant_compare: {f} not found (run VARIANT={k} bash benchmarks/collection_v2.sh)")
         reports[k] = json.loads(f.read_text(encoding="utf-8"))
+    if args.per_class:
+        res = per_class(reports["shared"], reports["own"], gold_classes(reports["shared"], same_tasks(reports["shared"],
+                                                                                                   reports["own"])))
+        print(json.dumps(res, indent=1) if args.json else per_class_markdown(res), end="" if not args.json else "\n")
+        return 0
     res = compare(reports["shared"], reports["own"], n_boot=args.n_boot)
     print(json.dumps(res, indent=1) if args.json else markdown(res), end="" if not args.json else "\n")
     return 0

@@ -55,6 +55,32 @@ def test_variants_block_is_the_comparison_of_the_committed_reports(bench) -> Non
     assert block("variants-v2").strip() == vc.markdown(res).strip()
 
 
+def test_variants_classes_block_is_the_per_class_comparison(bench) -> None:
+    vc = bench("variant_compare")
+    d = REPO / "benchmarks" / "results"
+    shared, own = (json.loads((d / f"collection-v2-{v}" / "merge_report.json").read_text()) for v in ("shared", "own"))
+    assert vc.same_tasks(shared, own) == ["sst2", "trec", "ag_news"]
+    res = vc.per_class(shared, own, vc.gold_classes(shared, vc.same_tasks(shared, own)))
+    assert block("variants-v2-classes").strip() == vc.per_class_markdown(res).strip()
+
+
+def test_per_class_splits_the_paired_test_by_gold_class(bench) -> None:
+    vc = bench("variant_compare")
+    shared = _report(["a"], {"a": [1, 1, 0, 0, 1]})
+    own = _report(["a"], {"a": [0, 1, 1, 1, 1]})
+    res = vc.per_class(shared, own, {"a": ["x", "y", "x", "y", "y"]})
+    (row,) = res["a"]
+    x, y = row["classes"]["x"], row["classes"]["y"]
+    # class x = examples 0, 2: shared right alone on 0, own right alone on 2
+    assert (x["n"], x["only_a"], x["only_b"], x["a_correct"], x["b_correct"]) == (2, 1, 1, 1, 1)
+    # class y = examples 1, 3, 4: own right alone on 3
+    assert (y["n"], y["only_a"], y["only_b"], y["a_correct"], y["b_correct"]) == (3, 1, 0, 3, 2)
+    md = vc.per_class_markdown(res)
+    assert "| task_arithmetic | 0.50 -> 0.50 (+0.0, p = 1) | 0.67 -> 1.00 (+33.3, p = 1) |" in md
+    with pytest.raises(SystemExit, match="3 / 3 results for 2 examples"):
+        vc.per_class(_report(["a"], {"a": [1, 0, 1]}), _report(["a"], {"a": [1, 0, 1]}), {"a": ["x", "y"]})
+
+
 def _report(tasks: list[str], correct: dict[str, list[int]], lam: float = 0.4) -> dict:
     return {"tasks": tasks,
             "collection_summary": {t: {"finetuned_accuracy": 0.5} for t in tasks},
