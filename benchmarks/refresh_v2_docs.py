@@ -132,6 +132,13 @@ def main(argv: list[str] | None = None) -> int:
         text = replace_block(text, "merge-v2-own", merge_block(own, own))
         text = replace_block(text, "variants-v2", variants_block(results, own))
         text = replace_block(text, "variants-v2-classes", classes_block(results, own))
+        pred = own / "merge_report" / "task_arithmetic.predictions.json"
+        if pred.exists():
+            sys.path.insert(0, str(HERE))
+            import merge_predictions
+
+            text = replace_block(text, "predictions-v2-own",
+                                 merge_predictions.markdown(json.loads(pred.read_text(encoding="utf-8"))))
     text = replace_block(text, "goals", goals_block())  # after the copies: the goals read the results
     tmp = doc.with_suffix(".tmp")
     tmp.write_text(text, encoding="utf-8")

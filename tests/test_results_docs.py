@@ -164,3 +164,43 @@ def test_refresh_in_place_regenerates_the_same_doc(bench, tmp_path) -> None:
     shutil.copy2(RESULTS_MD, doc)
     assert rd.main(["--collection", str(res), "--results", str(res), "--own", str(own), "--doc", str(doc)]) == 0
     assert doc.read_text(encoding="utf-8") == RESULTS_MD.read_text(encoding="utf-8")
+
+
+def test_merge_predictions_confusion_and_table(bench) -> None:
+    mp = bench("merge_predictions")
+    cm = mp.confusion([" a", " b"], [" a", " a", " b", " b", " b"], [" a", " b", " b", " b", " a"])
+    assert cm == {" a": {" a": 1, " b": 1}, " b": {" a": 1, " b": 2}}
+    with pytest.raises(ValueError):
+        mp.confusion([" a"], [" a"], [])
+    md = mp.markdown({"method": "m", "collection": "c", "coefficients": [0.5], "tasks": {
+        "t": {"n": 5, "confusion": cm, "reproduces": False, "mismatches": 2}}})
+    assert "| a | 1 | 1 |\n| b | 1 | 2 |" in md
+    assert "reproduces the cached row's right/wrong per example: False (2 examples differ)" in md
+
+
+def test_merge_predictions_refuses_a_missing_row(bench, tmp_path) -> None:
+    mp = bench("merge_predictions")
+    (tmp_path / "collection.json").write_text("{}")
+    with pytest.raises(SystemExit, match="merge_report/nope.json not found"):
+        mp.main(["--collection", str(tmp_path), "--method", "nope"])
+
+
+def test_predictions_block_is_the_committed_confusion(bench) -> None:
+    mp = bench("merge_predictions")
+    f = REPO / "benchmarks" / "results" / "collection-v2-own" / "merge_report" / "task_arithmetic.predictions.json"
+    res = json.loads(f.read_text())
+    assert block("predictions-v2-own").strip() == mp.markdown(res).strip()
+    row = json.loads((f.parent / "task_arithmetic.json").read_text())
+    for task, r in res["tasks"].items():
+        # the diagonal is the cached row's correct count; every example is in one cell
+        assert sum(r["confusion"][g][g] for g in r["confusion"]) == sum(row["tasks"][task]["correct"])
+        assert sum(sum(c.values()) for c in r["confusion"].values()) == row["tasks"][task]["n"] == r["n"]
+
+
+def test_merge_predictions_names_missing_vector_files(bench, tmp_path) -> None:
+    mp = bench("merge_predictions")
+    (tmp_path / "collection.json").write_text(json.dumps({"tasks": {"a": {"vector": "a.safetensors"}}}))
+    (tmp_path / "merge_report").mkdir()
+    (tmp_path / "merge_report" / "m.json").write_text(json.dumps({"key": {"tasks": ["a"]}, "tasks": {"sst2": {}}}))
+    with pytest.raises(SystemExit, match=r"lacks the vector files \['a.safetensors'\]"):
+        mp.main(["--collection", str(tmp_path), "--method", "m", "--tasks", "sst2"])
