@@ -116,11 +116,17 @@ def _cell(v: float | None, pct: bool = False, ci: list[float] | None = None) -> 
 
 
 def _lam(m: dict[str, Any]) -> str:
-    """The chosen lambda, marked when it is an edge of the method's grid (the best may lie beyond)."""
+    """The chosen lambda, marked when it is an edge of the method's grid (the best may lie beyond);
+    for a per-task row, also each task whose coefficient is at an edge."""
     from taskvec.weights.search import grid_edge
 
-    edge = grid_edge(m.get("search", {}).get("grid", []), m["lambda"])
-    return f"{m['lambda']:g}" + (f" (grid {edge})" if edge else "")
+    s = m.get("search", {})
+    edge = grid_edge(s.get("grid", []), m["lambda"])
+    out = f"{m['lambda']:g}" + (f" (grid {edge})" if edge else "")
+    if s.get("per_task"):  # a per-task coefficient at a grid edge: its best may lie beyond the grid too
+        edges = [f"{t} {e}" for t, c in zip(s["tasks"], s["best"]["coefficients"]) if (e := grid_edge(s["grid"], c))]
+        out += f" (coefficients at the grid's edge: {', '.join(edges)})" if edges else ""
+    return out
 
 
 def paired_table(report: dict[str, Any], ref: str = "task_arithmetic") -> list[str]:

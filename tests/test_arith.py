@@ -171,8 +171,14 @@ def test_per_task_coordinate_search():
     assert res.best.mean == pytest.approx(1.0)
     glob = [c for c in res.candidates if c.stage == "global"]
     assert len(glob) == 10 and len(res.candidates) == 10 + 2 * 9
+    assert res.coefficient_edges == {} and res.to_dict()["coefficient_edges"] == {}
     for k, v in model.state_dict().items():
         assert torch.equal(v, base[k]), k
+    # b's best (0.8) beyond a grid ending at 0.6, a's at its bottom 0.3: both flagged per task
+    edge = search_coefficients(model, tok, vecs, [FakeTask("a"), FakeTask("b")], grid="0.3:0.6:0.1",
+                               per_task=True, scorer=scorer, progress=False)
+    assert edge.best.coefficients == pytest.approx([0.3, 0.6])
+    assert edge.coefficient_edges == {"a": "bottom", "b": "top"} and edge.grid_edge is None
 
 
 @pytest.mark.parametrize("method", ["task_arithmetic", "ties", "dare_linear", "dare_ties", "tsv", "breadcrumbs"])
@@ -406,6 +412,15 @@ def test_cli_search_negate_compare(capsys, tiny_files, tmp_path):
     code, out, err = run(capsys, "search", "--vectors", a, b, "--grid", "0.5,1", *common[:-2], "--no-progress")
     assert code == 0, err
     assert ("the chosen lambda is the" in out) == (res["grid_edge"] is not None)
+    code, out, err = run(capsys, "search", "--vectors", a, b, "--grid", "0.5,1", "--per-task", *common)
+    assert code == 0, err
+    per = json.loads(out)  # a two-value grid: every per-task coefficient sits at one of its edges
+    assert per["coefficient_edges"] == {t: "top" if c == 1.0 else "bottom"
+                                        for t, c in zip(per["tasks"], per["best"]["coefficients"])}
+    code, out, err = run(capsys, "search", "--vectors", a, b, "--grid", "0.5,1", "--per-task", *common[:-2],
+                         "--no-progress")
+    assert code == 0, err
+    assert "the chosen coefficient of sst2's vector is the" in out and "coefficient of rte's vector" in out
     code, out, err = run(capsys, "negate", "--vector", a, "--target", "sst2", "--control", "rte", "--grid", "0.5,1", *common)
     assert code == 0, err
     neg = json.loads(out)

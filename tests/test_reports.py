@@ -156,6 +156,11 @@ def test_merge_report_paired_table_by_hand():
     assert rows[3].startswith("| 2 | task_arithmetic | 0.3 | 0.375 [")
     report["methods"]["ties"]["search"] = {"grid": [0.5, 0.75, 1.0]}  # 1 is the grid's top: marked
     assert mr.paired_table(report)[2].startswith("| 1 | ties | 1 (grid top) | 0.875")
+    # a per-task row names each task whose coefficient sits at an edge of the grid
+    report["methods"]["ties"]["search"] = {"grid": [0.5, 0.75, 1.0], "per_task": True, "tasks": ["x", "y"],
+                                           "best": {"coefficients": [0.75, 0.5]}}
+    assert mr.paired_table(report)[2].startswith("| 1 | ties | 1 (grid top) (coefficients at the grid's edge: "
+                                                 "y bottom) | 0.875")
 
 
 def test_basis_report_on_tiny_collection(collection, capsys, monkeypatch):

@@ -101,6 +101,8 @@ def run_search(args: argparse.Namespace) -> int:
           + (" [chosen on the eval split: optimistic]" if res.selected_on_eval_split else ""))
     if res.grid_edge:
         print(edge_note(res.grid_edge))
+    for task, edge in res.coefficient_edges.items():
+        print(edge_note(edge, f"coefficient of {task}'s vector"))
     if args.out:
         print(f"wrote {out['out']}")
     return 0

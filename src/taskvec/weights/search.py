@@ -299,6 +299,15 @@ class SearchResult:
         """``"top"``/``"bottom"`` when the best global ``lambda`` is the grid's largest/smallest value."""
         return grid_edge(self.grid, self.best.lam)
 
+    @property
+    def coefficient_edges(self) -> dict[str, str]:
+        """Per-task searches: ``{task: "top"/"bottom"}`` for each vector whose coefficient is at a
+        grid edge (its best may lie outside the grid); empty for a global search."""
+        if not self.per_task:
+            return {}
+        edges = {t: grid_edge(self.grid, c) for t, c in zip(self.tasks, self.best.coefficients)}
+        return {t: e for t, e in edges.items() if e}
+
     def weights_and_lam(self) -> tuple[list[float], float]:
         """(merge weights, lambda) that reproduce the best candidate with ``merge``."""
         return merge_args(self.best)
@@ -307,6 +316,7 @@ class SearchResult:
         d = dataclasses.asdict(self)
         d["best"] = self.best.to_dict()
         d["grid_edge"] = self.grid_edge
+        d["coefficient_edges"] = self.coefficient_edges
         return d
 
 
