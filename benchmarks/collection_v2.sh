@@ -88,4 +88,7 @@ if [ "$VARIANT" = shared ]; then
     --ms 2,half,T-1 --grid 0.2,0.3,0.4,0.5,0.6 --search-limit 100 --eval-limit 0 --source-grid none \
     --negate sst2:ag_news --negate-ms half --no-progress
 fi
-"$PY" "${MERGE[@]}" --per-task task_arithmetic,tsv,breadcrumbs,ties,dare_ties,iso_c,iso_cts
+# Per-task searches, one coordinate pass each: (grid size - 1) x 9 settings, so the smaller grids
+# first (2026-12-07: ties and dare_ties 7 values, the Iso methods 8, breadcrumbs 10, tsv 14), so a
+# session finishes whole rows; the order changes no result (each row is cached with its settings).
+"$PY" "${MERGE[@]}" --per-task task_arithmetic,ties,dare_ties,iso_c,iso_cts,breadcrumbs,tsv

@@ -37,7 +37,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-PER_TASK_ORDER = ("task_arithmetic", "tsv", "breadcrumbs", "ties", "dare_ties", "iso_c", "iso_cts")
+PER_TASK_ORDER = ("task_arithmetic", "ties", "dare_ties", "iso_c", "iso_cts", "breadcrumbs", "tsv")
 
 
 def replace_block(text: str, name: str, body: str) -> str:
