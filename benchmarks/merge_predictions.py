@@ -7,10 +7,10 @@ Usage:
 ``merge_report.py`` keeps right/wrong per example, not the predicted answer word. This script
 rebuilds the merged vector of one cached row (``<collection>/merge_report/<method>.json``: the
 method, its parameters and the chosen coefficients), scores the listed tasks' eval splits again
-and writes the confusion matrix (gold x predicted answer word) per task. It first checks that the
+and writes the confusion matrix (gold x predicted answer word) per task. It also checks that the
 per-example right/wrong list reproduces the cached row exactly; a mismatch (another CPU: matmul
 rounding differs between machines) is reported, not hidden, and the matrix is still written.
-Minutes on a CPU (the model is loaded once; about 8 s per 100 AG News examples here).
+Minutes on a CPU (2026-12-07, AMD EPYC, 2 cores: 179 s to score AG News and SST-2, 2,872 examples).
 """
 
 from __future__ import annotations
