@@ -236,3 +236,12 @@ def test_deferred_header_writer_bounds_and_padding(tmp_path):
     w.write("A", torch.ones(1, 5))
     with pytest.raises(UserInputError, match="not written"):
         w.close()
+
+
+def test_breadcrumbs_in_core_space_notes_that_gamma_removes_most_of_each_task():
+    m = get_method("breadcrumbs")
+    _, _, notes = m.validate(None, {"space": "core"}, 2)
+    assert len(notes) == 1 and 'space "core" with gamma > 0' in notes[0]
+    assert m.validate(None, {"space": "core", "gamma": 0.0}, 2)[2] == []
+    assert m.validate(None, {}, 2)[2] == []  # dense, the published method
+    assert get_method("ties").validate(None, {"space": "core"}, 2)[2] == []

@@ -225,6 +225,10 @@ class MergeMethod:
         """Cross-parameter checks (may fill in derived values); returns problems."""
         return []
 
+    def param_notes(self, params: Mapping[str, Any]) -> list[str]:
+        """Notes on valid but risky settings (shown by ``taskvec merge``, kept in metadata)."""
+        return []
+
     def validate(self, weights: Sequence[Any] | None, params: Mapping[str, Any], n: int) -> tuple[list[float], dict[str, Any], list[str]]:
         """Resolve weights and params or raise one ``UserInputError`` listing every problem."""
         if n < 1:
@@ -234,7 +238,7 @@ class MergeMethod:
         errors = werr + perr
         if errors:
             raise UserInputError(f"invalid {self.name} merge: " + "; ".join(errors) + ".")
-        return w, p, notes
+        return w, p, notes + self.param_notes(p)
 
     # -- merging ------------------------------------------------------------------------
     def prepare(self, sources: Sequence[VectorSource], weights: list[float], params: dict[str, Any]) -> dict[str, Any]:

@@ -60,6 +60,13 @@ class Breadcrumbs(MergeMethod):
             if d + g > 1 + 1e-9
         ]
 
+    def param_notes(self, params: dict[str, Any]) -> list[str]:
+        if params.get("space") != "core" or not any(g > 0 for g in params["gamma"]):
+            return []
+        return ['space "core" with gamma > 0 drops each task\'s largest core entries, which hold most of '
+                "its update (74-93% of the squared norm at gamma 0.01 on the collection v2 LoRA vectors, "
+                'docs/lora.md); space "dense" is the published method']
+
     def merge_tensor(self, name: str, deltas: list[Delta | None], weights: list[float], params: dict[str, Any]) -> Delta | None:
         idx = present(deltas)
         if not idx:
