@@ -91,4 +91,10 @@ fi
 # Per-task searches, one coordinate pass each: (grid size - 1) x 9 settings, so the smaller grids
 # first (2026-12-07: ties and dare_ties 7 values, the Iso methods 8, breadcrumbs 10, tsv 14), so a
 # session finishes whole rows; the order changes no result (each row is cached with its settings).
-"$PY" "${MERGE[@]}" --per-task task_arithmetic,ties,dare_ties,iso_c,iso_cts,breadcrumbs,tsv
+# Per-task grids extended where a per-task coefficient sat at an edge (2026-12-07, own-words rows;
+# for both variants): task arithmetic chose SST-2 0.1 (bottom) and QNLI 1.0 (top) of 0.1:1.0:0.1,
+# so 0, 1.2 and 1.6 were added; TIES chose SST-2 0.5, the bottom of 0.5:2.0:0.25, so 0.25 was
+# added. The global rows keep their grids; logged settings are reused, only new ones are scored.
+"$PY" "${MERGE[@]}" --per-task task_arithmetic,ties,dare_ties,iso_c,iso_cts,breadcrumbs,tsv \
+  --per-task-grid task_arithmetic=0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0,1.2,1.6 \
+  --per-task-grid ties=0.25,0.5,0.75,1.0,1.25,1.5,1.75,2.0

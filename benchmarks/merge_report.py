@@ -3,7 +3,7 @@
 Usage:
     python benchmarks/merge_report.py --collection runs/collection \
         [--methods task_arithmetic,ties,dare_ties,tsv,breadcrumbs] [--grid 0.1:1.0:0.1] \
-        [--method-grid ties=0.5:2.0:0.25] [--param ties:density=0.2] [--search-limit 100] \
+        [--method-grid ties=0.5:2.0:0.25] [--per-task-grid ties=0.25:2.0:0.25] [--param ties:density=0.2] [--search-limit 100] \
         [--eval-limit 500] [--negate sst2:ag_news] [--negate-grid 0.1:2.0:0.1] \
         [--per-task [task_arithmetic,tsv]] [--variant ties_core=ties:space=core]
 
@@ -245,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tasks", default=None, help="comma-separated subset of the collection's tasks")
     p.add_argument("--grid", default=None, help=f"lambda grid for every method (default {SUM_GRID}; ties/dare_ties 0.5:2.0:0.25)")
     p.add_argument("--method-grid", action="append", default=[], metavar="METHOD=GRID")
+    p.add_argument("--per-task-grid", action="append", default=[], metavar="METHOD=GRID",
+                   help="the grid of METHOD's per-task search (default: its --method-grid), e.g. one extended "
+                        "where a per-task coefficient sat at an edge; the global row keeps its grid")
     p.add_argument("--param", action="append", default=[], metavar="METHOD:KEY=VALUE", help="merge parameter")
     p.add_argument("--variant", action="append", default=[], metavar="NAME=METHOD[:KEY=VALUE,...]",
                    help="a named method with fixed parameters, e.g. ties_core=ties:space=core (the LoRA-native "
@@ -293,6 +296,10 @@ def main(argv: list[str] | None = None) -> int:
         for item in args.method_grid:
             m, _, g = item.partition("=")
             grids[name_of(m.strip())] = g
+        per_grids = dict(grids)
+        for item in args.per_task_grid:
+            m, _, g = item.partition("=")
+            per_grids[name_of(m.strip())] = g
         params = parse_method_params(args.param)
         for m in methods:
             if m in variants:
@@ -302,10 +309,13 @@ def main(argv: list[str] | None = None) -> int:
         vectors = [TaskVector.load(cdir / coll["tasks"][t]["vector"]) for t in names]
         for m in methods:
             parse_grid(grids[m])
+            parse_grid(per_grids[m])
         per_methods = [] if args.per_task is None else methods if args.per_task == "all" else [
             name_of(m.strip()) for m in args.per_task.split(",") if m.strip()]
         if set(per_methods) - set(methods):
             raise SystemExit(f"merge_report: --per-task {sorted(set(per_methods) - set(methods))} not in --methods")
+        if set(per_grids) - set(methods):
+            raise SystemExit(f"merge_report: --per-task-grid {sorted(set(per_grids) - set(methods))} not in --methods")
         model, tok = load_model(coll["model"])
         report: dict[str, Any] = {
             "model": coll["model"], "collection": str(cdir), "tasks": names,
@@ -314,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
             "collection_summary": {t: coll["tasks"][t] for t in names}, "methods": {},
         }
         def run(per: bool, m: str) -> None:
-            key = {"method": base[m], "grid": grids[m], "params": params.get(m, {}), "tasks": names, "per_task": per,
+            grid = per_grids[m] if per else grids[m]
+            key = {"method": base[m], "grid": grid, "params": params.get(m, {}), "tasks": names, "per_task": per,
                    "search_limit": args.search_limit, "eval_limit": eval_limit, "holdout": coll["holdout"],
                    "batch_size": args.batch_size, "base_fingerprint": coll["base_fingerprint"],
                    "collection_recipe": coll["recipe"], "per_example": True}
@@ -326,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{label}: cached ({path})", file=sys.stderr)
                 report["methods"][label] = old
                 return
-            print(f"{label}: searching over {grids[m]}", file=sys.stderr)
+            print(f"{label}: searching over {grid}", file=sys.stderr)
             report["methods"][label] = run_method(model, tok, base[m], vectors, tasks, coll, key, progress,
                                                   log=cache / f"{m}.search.jsonl")
             write_json(path, report["methods"][label])

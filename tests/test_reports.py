@@ -117,6 +117,18 @@ def test_merge_report_on_tiny_collection(collection, capsys):
     assert list(rep["methods"]) == ["task_arithmetic", "ties", "ties (per-task)"]
     with pytest.raises(SystemExit, match="not in --methods"):
         mr.main([*argv, "--per-task", "tsv"])
+    # a per-task grid of its own (extended where a coefficient sat at an edge): the global row stays cached
+    capsys.readouterr()
+    assert mr.main([*argv, "--per-task", "ties", "--per-task-grid", "ties=0.5,1,1.5"]) == 0
+    rep = json.loads((collection / "merge_report.json").read_text())
+    assert rep["methods"]["ties"]["key"]["grid"] == "0.5,1"
+    per = rep["methods"]["ties (per-task)"]
+    assert per["key"]["grid"] == "0.5,1,1.5" and per["search"]["grid"] == [0.5, 1.0, 1.5]
+    assert all(c in (0.5, 1.0, 1.5) for c in per["coefficients"])
+    err = capsys.readouterr().err
+    assert "ties: cached" in err and "ties (per-task): searching over 0.5,1,1.5" in err
+    with pytest.raises(SystemExit, match="--per-task-grid .* not in --methods"):
+        mr.main([*argv, "--per-task-grid", "tsv=0.5,1"])
     # a named variant (the LoRA-native TIES) sits next to the dense method, with its own cache and log;
     # the dense rows stay cached (their keys do not change)
     assert mr.main([*argv[:2], "--methods", "task_arithmetic,ties,ties_core", "--variant", "ties_core=ties:space=core",
