@@ -109,6 +109,11 @@ try:
              checkpoint_every=2, progress=False, resume=True, fsdp=True, callback=callback)
 except KeyboardInterrupt:
     sys.exit(3)
+# end as docs/scaling.md tells scripts under torchrun to: gloo may not join its threads in the
+# interpreter's teardown, which aborts a rank after correct output (exit -6, seen once in CI)
+from taskvec import dist
+dist.finish()
+dist.leave(0)
 '''
 
 
