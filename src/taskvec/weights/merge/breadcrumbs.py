@@ -11,6 +11,7 @@ the ``density`` fraction in between; then ``lambda * sum_i w_i * masked_i``. Wit
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -60,7 +61,7 @@ class Breadcrumbs(MergeMethod):
             if d + g > 1 + 1e-9
         ]
 
-    def param_notes(self, params: dict[str, Any]) -> list[str]:
+    def param_notes(self, params: Mapping[str, Any]) -> list[str]:
         if params.get("space") != "core" or not any(g > 0 for g in params["gamma"]):
             return []
         return ['space "core" with gamma > 0 drops each task\'s largest core entries, which hold most of '
