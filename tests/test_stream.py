@@ -340,6 +340,30 @@ def test_cli_apply_json(base_dir: Path, tmp_path: Path, capsys) -> None:
     assert rc == 0 and "peak RSS" in capsys.readouterr().out
 
 
+def test_cli_apply_no_fsync_same_bytes(base_dir: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    """--no-fsync skips every fsync of the apply and writes the same bytes; the default fsyncs."""
+    import os
+
+    _dense_vector(base_dir).save(tmp_path / "v.safetensors")
+    calls: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real(fd))[1])
+    outs = {}
+    for flag in ([], ["--no-fsync"]):
+        calls.clear()
+        out = tmp_path / f"out{len(flag)}"
+        assert main(["apply", "--base", str(base_dir), "--vector", str(tmp_path / "v.safetensors"), "--scale", "0.5",
+                     "--out", str(out), "--max-shard-size", "100KB", "--no-progress", "--json", *flag]) == 0
+        res = json.loads(capsys.readouterr().out)
+        assert res["fsync"] is (not flag)
+        outs[bool(flag)] = (len(calls), {f.name: f.read_bytes() for f in sorted(out.iterdir())})
+    assert outs[False][0] > res["shards"] and outs[True][0] == 0
+    assert outs[True][1] == outs[False][1]
+    from taskvec.io_utils import _DURABLE
+
+    assert _DURABLE.get() is True
+
+
 @pytest.mark.parametrize(
     "extra, match",
     [

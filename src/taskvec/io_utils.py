@@ -7,9 +7,31 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 from taskvec.errors import UserInputError
+
+#: whether writes end with fsync (off only inside ``durable_writes(False)``, e.g. ``apply --no-fsync``)
+_DURABLE: ContextVar[bool] = ContextVar("taskvec_durable_writes", default=True)
+
+
+def fsync(fd: int) -> None:
+    """``os.fsync(fd)``, skipped inside ``durable_writes(False)``."""
+    if _DURABLE.get():
+        os.fsync(fd)
+
+
+@contextmanager
+def durable_writes(on: bool) -> Iterator[None]:
+    """Inside ``durable_writes(False)`` files are renamed into place without ``fsync``: a killed
+    process still leaves the old file or a complete new one, but a power loss or OS crash soon
+    after may leave an empty or partial file (the kernel writes the bytes back later)."""
+    token = _DURABLE.set(on)
+    try:
+        yield
+    finally:
+        _DURABLE.reset(token)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -18,7 +40,7 @@ def _fsync_dir(path: Path) -> None:
     except OSError:
         return
     try:
-        os.fsync(fd)
+        fsync(fd)
     except OSError:
         pass
     finally:
@@ -59,7 +81,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+            fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, target)
         _fsync_dir(target.parent)
@@ -85,7 +107,7 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
         for f in tmp.rglob("*"):
             if f.is_file():
                 with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
+                    fsync(fh.fileno())
         if target.exists():
             old = target.with_name(f".{target.name}.old")
             shutil.rmtree(old, ignore_errors=True)

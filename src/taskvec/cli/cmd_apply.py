@@ -57,6 +57,9 @@ def register(sub: Any) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (only after the new one is complete)")
     p.add_argument("--max-shard-size", default="1GiB",
                    help="largest output shard, e.g. 500MB, 2GB, 1GiB (default 1GiB)")
+    p.add_argument("--no-fsync", action="store_true",
+                   help="skip the fsync before the output is renamed into place: faster on slow disks; a killed "
+                        "process still leaves no partial --out, but a power loss soon after may")
     add_progress(p)
     add_json(p)
     p.set_defaults(func=run)
@@ -74,14 +77,16 @@ def run(args: argparse.Namespace) -> int:
         raise MissingFileError(f"vector file {vec} does not exist.")
     if vec.is_dir():
         raise UserInputError(f"--vector {vec} is a directory: pass a vector file (.safetensors).")
+    from taskvec.io_utils import durable_writes
     from taskvec.weights.stream_apply import stream_apply_report
 
-    rep = stream_apply_report(
-        args.base, vec, args.out, scale=args.scale, force=args.force, max_shard_bytes=max_shard,
-        progress=show_progress(args), overwrite=args.overwrite,
-    )
+    with durable_writes(not args.no_fsync):
+        rep = stream_apply_report(
+            args.base, vec, args.out, scale=args.scale, force=args.force, max_shard_bytes=max_shard,
+            progress=show_progress(args), overwrite=args.overwrite,
+        )
     peak = peak_rss_bytes()
-    out = rep.to_dict() | {"vector": str(vec), "peak_rss_bytes": peak}
+    out = rep.to_dict() | {"vector": str(vec), "peak_rss_bytes": peak, "fsync": not args.no_fsync}
     if args.json:
         print_json(out)
         return 0

@@ -23,6 +23,7 @@ import torch
 
 from taskvec.errors import ShapeMismatchError, UserInputError
 from taskvec.formats.safetensors import ST_FROM_DTYPE, TensorSpec, encode_header, tensor_bytes
+from taskvec.io_utils import fsync
 
 #: extra header bytes reserved for metadata added at close
 METADATA_SLACK = 4096
@@ -90,7 +91,7 @@ class DeferredHeaderWriter:
             self._f.seek(8)
             self._f.write(raw + b" " * (self._reserved - len(raw)))
             self._f.flush()
-            os.fsync(self._f.fileno())
+            fsync(self._f.fileno())
         finally:
             self._f.close()
 

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from taskvec.errors import FileFormatError, ShapeMismatchError, UserInputError
-from taskvec.io_utils import atomic_path
+from taskvec.io_utils import atomic_path, fsync
 
 __all__ = [
     "DTYPE_FROM_ST",
@@ -376,7 +376,7 @@ class StreamingSafetensorsWriter:
             return
         missing = len(self.specs) - self._next
         self._f.flush()
-        os.fsync(self._f.fileno())
+        fsync(self._f.fileno())
         self._f.close()
         if missing:
             raise UserInputError(f"{self.path}: {missing} declared tensors were not written.")
@@ -444,7 +444,7 @@ class PositionalSafetensorsWriter:
         """fsync and close; raises if some declared bytes were never written."""
         if self._fd < 0:
             return
-        os.fsync(self._fd)
+        fsync(self._fd)
         os.close(self._fd)
         self._fd = -1
         missing = [k for k, v in self._left.items() if v != 0]
