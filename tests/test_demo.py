@@ -35,3 +35,13 @@ def test_demo_seed_changes_the_run_and_a_finished_run_is_reused(capsys, tiny_dir
     assert b["recipe"]["seed"] == 1 and Path(b["vector"]).read_bytes() != vec_a
     c = _demo(capsys, tiny_dir, tmp_path / "s", "--seed", 1)  # same recipe: the run is reused
     assert c["train_seconds"] == b["train_seconds"]
+    assert (a["training_reused"], b["training_reused"], c["training_reused"]) == (False, False, True)
+
+
+def test_demo_says_when_the_training_time_is_from_a_reused_run(capsys, tiny_dir: Path, tmp_path: Path) -> None:
+    args = ("demo", "--model", tiny_dir, "--out", tmp_path, "--steps", 2, "--batch-size", 2, "--limit", 6,
+            "--no-progress")
+    code, first, _ = run_cli(capsys, *args)
+    assert code == 0 and "of which training" in first and "reused" not in first.split("vector:")[-1]
+    code, again, _ = run_cli(capsys, *args)
+    assert code == 0 and "training reused from the earlier run" in again.split("vector:")[-1]

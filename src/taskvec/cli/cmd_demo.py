@@ -75,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
     base_res = evaluate(model, tok, task, limit=args.limit, progress=prog)
 
     run_dir = out / "finetune"
-    if args.retrain or not _finished(run_dir, recipe):
+    reused = not args.retrain and _finished(run_dir, recipe)
+    if not reused:
         if run_dir.exists():
             import shutil
 
@@ -123,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     rows = {"base_zero_shot": base_res, "finetuned": ft_res, "base_plus_vector": tv_res}
     result = {
         "model": args.model, "task": task.name, "split": task.eval_split, "n": base_res.n,
-        "recipe": recipe, "train_seconds": train_s,
+        "recipe": recipe, "train_seconds": train_s, "training_reused": reused,
         "accuracy": {k: r.accuracy for k, r in rows.items()},
         "ci95": {k: list(r.ci95) if r.ci95 else None for k, r in rows.items()},
         # exact McNemar on the same examples: did the vector change accuracy, and does the fresh
@@ -162,6 +163,8 @@ def run(args: argparse.Namespace) -> int:
          ["model (fp32)", f"{sizes['model_bytes'] / mb:.2f} MiB", ""]],
         ["what", "size", ""],
     )
-    print(f"\nvector: {vec_path}   total time: {result['seconds_total']:.0f}s (training {train_s or 0:.0f}s)")
+    trained = (f"training reused from the earlier run, which took {train_s or 0:.0f}s; --retrain to redo" if reused
+               else f"of which training {train_s or 0:.0f}s")
+    print(f"\nvector: {vec_path}   total time: {result['seconds_total']:.0f}s ({trained})")
     print(f'try it: taskvec generate --vector {vec_path} --task {task.name} --prompt "a gorgeous, moving film"')
     return 0
