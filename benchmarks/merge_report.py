@@ -186,6 +186,25 @@ def variant_table(report: dict[str, Any]) -> list[str]:
             "|---|---|---:|---:|---:|---:|---:|---|", *rows]
 
 
+def _avg_cells(rates: dict[str, tuple[float, int]], ft: dict[str, float]) -> tuple[str, str]:
+    """The "avg" cells of one row: the unweighted mean over tasks of the accuracy and of the
+    normalized accuracy, each with its 95% bootstrap interval (every task's accuracy redrawn as
+    Binomial(n, accuracy) / n, 10,000 draws, seed 0: the computation of ``goal_intervals.py``,
+    so the normalized interval is the goals table's)."""
+    from taskvec.eval.bootstrap import binomial_bootstrap, mean_of, mean_ratio
+
+    opts = {"n_boot": 10_000, "seed": 0}
+    acc = binomial_bootstrap({t: {"m": r} for t, r in rates.items()}, mean_of("m"), **opts)
+    cells = [f"{acc.estimate:.3f} [{acc.low:.3f}, {acc.high:.3f}]"]
+    if all(ft.get(t) for t in rates):
+        nrm = binomial_bootstrap({t: {"m": r, "ft": (ft[t], r[1])} for t, r in rates.items()},
+                                 mean_ratio("m", "ft"), **opts)
+        cells.append(f"{100 * nrm.estimate:.1f}% [{100 * nrm.low:.1f}%, {100 * nrm.high:.1f}%]")
+    else:
+        cells.append("-")
+    return cells[0], cells[1]
+
+
 def markdown(report: dict[str, Any]) -> str:
     """Two tables (absolute, normalized accuracy) and the negation line."""
     tasks = report["tasks"]
@@ -197,24 +216,29 @@ def markdown(report: dict[str, Any]) -> str:
     zs = {t: coll[t]["zero_shot_accuracy"] for t in tasks}
     ft = {t: coll[t]["finetuned_accuracy"] for t in tasks}
     zs_norm = {t: (zs[t] / ft[t] if ft[t] else None) for t in tasks}
+    zs_avg, zs_norm_avg = _avg_cells({t: (zs[t], int(coll[t]["n"])) for t in tasks}, ft)
+    ft_avg, _ = _avg_cells({t: (ft[t], int(coll[t]["n"])) for t in tasks}, ft)
     abs_rows.append("| zero-shot base | - | " + " | ".join(_cell(zs[t], ci=coll[t].get("zero_shot_ci95")) for t in tasks)
-                    + f" | {_cell(mean(list(zs.values())))} |")
+                    + f" | {zs_avg} |")
     abs_rows.append("| individual fine-tuned | - | " + " | ".join(_cell(ft[t], ci=coll[t].get("finetuned_ci95"))
-                                                               for t in tasks) + f" | {_cell(mean(list(ft.values())))} |")
+                                                               for t in tasks) + f" | {ft_avg} |")
     norm_rows.append("| zero-shot base | - | " + " | ".join(_cell(zs_norm[t], True) for t in tasks)
-                     + f" | {_cell(mean(list(zs_norm.values())), True)} |")
+                     + f" | {zs_norm_avg} |")
     for name, m in report["methods"].items():
         lam = _lam(m)
+        avg, norm_avg = _avg_cells({t: (m["tasks"][t]["accuracy"], int(m["tasks"][t]["n"])) for t in tasks}, ft)
         abs_rows.append(f"| {name} | {lam} | " + " | ".join(_cell(m["tasks"][t]["accuracy"], ci=m["tasks"][t].get("ci95"))
-                                                           for t in tasks)
-                        + f" | {_cell(m['mean_accuracy'])} |")
+                                                           for t in tasks) + f" | {avg} |")
         norm_rows.append(f"| {name} | {lam} | " + " | ".join(_cell(m["tasks"][t]["normalized"], True) for t in tasks)
-                         + f" | {_cell(m['mean_normalized'], True)} |")
+                         + f" | {norm_avg} |")
     s = report["settings"]
     evald = f"the first {s['eval_limit']} examples" if s["eval_limit"] else "all examples"
     out = [f"Model {report['model']}; eval: {evald} of each eval split; "
            f"lambda chosen on {s['search_limit'] or 'all'} held-out train examples per task.", "",
-           "Accuracy [95% Wilson interval] (avg: unweighted mean over tasks):", "", *abs_rows, "", "Normalized accuracy (merged / individual fine-tuned):", "", *norm_rows]
+           "Accuracy [95% Wilson interval] (avg: unweighted mean over tasks [95% bootstrap interval, each task's "
+           "accuracy redrawn as a binomial]):", "", *abs_rows, "",
+           "Normalized accuracy (merged / individual fine-tuned; avg: as above, the interval of goal_intervals.py):",
+           "", *norm_rows]
     paired = paired_table(report)
     if paired:
         out += ["", "Methods ranked by pooled accuracy, each against task_arithmetic on the same examples "
